@@ -1,0 +1,1 @@
+"""Everything Dagster registers, one folder per stage."""

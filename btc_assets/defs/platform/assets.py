@@ -1,0 +1,48 @@
+"""Kafka topics and the InfluxDB bucket as assets: created if missing, described when materialized."""
+
+import dagster as dg
+
+from btc_assets.defs.resources import InfluxResource, KafkaResource
+from btc_assets.lib import config
+from btc_assets.lib.schema import dlq_topic
+
+
+@dg.asset(group_name="platform", kinds={"kafka"})
+def trade_topics(context: dg.AssetExecutionContext, kafka: KafkaResource) -> dg.MaterializeResult:
+    """The Kafka trade topic of every configured symbol and its dead-letter topic.
+
+    Created with the configured partitions if missing (the broker's auto-creation is off, so a typo
+    in a topic name fails loudly instead of creating a stray topic). Metadata: partitions and the
+    number of records each topic holds.
+    """
+    described = {}
+    for symbol in config.symbols():
+        for topic in (kafka.topic(symbol), dlq_topic(kafka.topic(symbol))):
+            created = kafka.ensure_topic(topic)
+            offsets = kafka.end_offsets(topic)
+            described[topic] = {"partitions": len(offsets), "records": sum(offsets.values()), "created": created}
+            context.log.info(f"{topic}: {'created' if created else 'exists'}, {len(offsets)} partitions")
+    return dg.MaterializeResult(metadata={
+        "topics": dg.MetadataValue.json(described),
+        "records": dg.MetadataValue.int(sum(item["records"] for item in described.values())),
+    })
+
+
+@dg.asset(group_name="platform", kinds={"influxdb"})
+def influx_bucket(context: dg.AssetExecutionContext, influx: InfluxResource) -> dg.MaterializeResult:
+    """The InfluxDB bucket that holds trades, minute bars, predictions and pipeline health.
+
+    Created if missing (needs the all-access token); metadata lists the measurements it holds.
+    """
+    admin = influx.admin()
+    try:
+        bucket_id = admin.ensure_bucket(influx.bucket)
+        measurements = [row["_value"] for row in admin.query(
+            f'import "influxdata/influxdb/schema"\nschema.measurements(bucket: "{influx.bucket}")')]
+    finally:
+        admin.close()
+    context.log.info(f"bucket {influx.bucket} ({bucket_id}): {measurements or 'empty'}")
+    return dg.MaterializeResult(metadata={
+        "bucket": influx.bucket, "bucket_id": bucket_id,
+        "measurements": dg.MetadataValue.json(measurements),
+    })

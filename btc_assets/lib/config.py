@@ -1,0 +1,152 @@
+"""Every setting of the pipeline: one table of environment variables, read in one place.
+
+The README's configuration table and `.env.example` are generated from ``SETTINGS`` (and a test
+checks they agree), so a variable is documented exactly where it is defined. The ``local`` profile
+fills the endpoints and credentials in from the env file the local stack writes
+(``$BTC_STACK_DIR/stack.env``); the ``cluster`` profile takes them from the environment alone.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str
+    meaning: str
+    secret: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("BTC_PROFILE", "local", "`local`: the stack `btc-pipeline stack up` starts on this machine; "
+            "`cluster`: external services (docker compose in `infra/` or your own clusters)"),
+    Setting("BTC_STACK_DIR", "<repo>/.local-stack", "local stack: data, logs, pids and the generated `stack.env`"),
+    Setting("BTC_CACHE_DIR", "<~/.cache/btc-pipeline>", "downloaded jars and the built InfluxDB, shared by all checkouts"),
+    Setting("BTC_SYMBOLS", "BTCUSDT", "comma-separated symbols the pipeline handles"),
+    # Kafka
+    Setting("BTC_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092", "Kafka bootstrap servers"),
+    Setting("BTC_KAFKA_TOPIC_TEMPLATE", "{symbol}-TRADES", "trade topic name per symbol; dead letters go to `<topic>.dlq`"),
+    Setting("BTC_KAFKA_PARTITIONS", "3", "partitions of each trade topic"),
+    Setting("BTC_KAFKA_REPLICATION", "1", "replication factor of the topics (3 on a real cluster)"),
+    # Storage (HDFS)
+    Setting("BTC_HDFS_URL", "hdfs://127.0.0.1:8020", "HDFS NameNode URL (Spark and MapReduce read and write here)"),
+    Setting("BTC_WEBHDFS_URL", "http://127.0.0.1:9870", "NameNode WebHDFS endpoint (the Python storage client)"),
+    Setting("BTC_HDFS_USER", "<login user>", "HDFS user name sent with WebHDFS requests"),
+    Setting("BTC_STORAGE_ROOT", "/btc", "root of the storage layout (raw trades, minute bars, models, checkpoints)"),
+    # MapReduce
+    Setting("BTC_MAPREDUCE_FRAMEWORK", "local", "`local` (LocalJobRunner, the local profile) or `yarn` (a cluster)"),
+    Setting("BTC_HADOOP_CLASSPATH", "<cache>/hadoop/<version>/lib/*", "classpath of the Hadoop jars (local profile)"),
+    Setting("BTC_HADOOP_STREAMING_JAR", "<cache>/hadoop/<version>/lib/hadoop-streaming-*.jar",
+            "the hadoop-streaming jar"),
+    Setting("HADOOP_CONF_DIR", "$BTC_STACK_DIR/hadoop/conf", "Hadoop client configuration directory"),
+    # Spark
+    Setting("BTC_SPARK_MASTER", "local[2]", "Spark master URL (`spark://host:7077` on a cluster)"),
+    Setting("BTC_SPARK_DRIVER_MEMORY", "2g", "Spark driver heap"),
+    Setting("BTC_SPARK_JARS", "<cache>/spark/<pyspark version>/lib/*.jar",
+            "comma-separated local jars for Spark: the Kafka connector the local stack resolved"),
+    Setting("BTC_SPARK_PACKAGES", "", "Maven coordinates Spark resolves itself at start (cluster profile), e.g. "
+            "`org.apache.spark:spark-sql-kafka-0-10_2.13:4.3.0`"),
+    Setting("BTC_SPARK_IVY_DIR", "<cache>/ivy", "where Spark caches the resolved packages"),
+    # InfluxDB
+    Setting("BTC_INFLUX_URL", "http://127.0.0.1:8086", "InfluxDB 2 URL"),
+    Setting("BTC_INFLUX_ORG", "btc", "InfluxDB organisation"),
+    Setting("BTC_INFLUX_BUCKET", "btc", "InfluxDB bucket"),
+    Setting("BTC_INFLUX_TOKEN", "(generated)", "InfluxDB all-access token (setup, buckets)", secret=True),
+    Setting("BTC_INFLUX_WRITE_TOKEN", "(generated)", "InfluxDB token that may only write the bucket", secret=True),
+    Setting("BTC_INFLUX_READ_TOKEN", "(generated)", "InfluxDB token that may only read the bucket (Grafana)",
+            secret=True),
+    Setting("BTC_INFLUX_PASSWORD", "(generated)", "InfluxDB admin user's password (local stack only)", secret=True),
+    # Binance
+    Setting("BTC_BINANCE_WS_URL", "wss://stream.binance.com:9443", "Binance WebSocket base URL"),
+    Setting("BTC_BINANCE_REST_URL", "https://api.binance.com", "Binance REST base URL (gap backfill)"),
+    Setting("BTC_BINANCE_HISTORY_URL", "https://data.binance.vision", "Binance public data (daily trade files)"),
+)
+
+_BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+
+def stack_env_file() -> Path:
+    """The env file the local stack writes its endpoints and generated credentials to."""
+    return Path(os.environ.get("BTC_STACK_DIR") or REPO_ROOT / ".local-stack").expanduser() / "stack.env"
+
+
+def parse_env_file(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "=" not in line:
+            raise ValueError(f"{path}:{number}: expected NAME=value, got {line!r}")
+        name, value = line.split("=", 1)
+        values[name.strip()] = value.strip().strip('"').strip("'")
+    return values
+
+
+def load_profile_env() -> str:
+    """Fill ``os.environ`` for the profile and return it: the local stack's env file (local profile),
+    then every setting's default. Variables already in the environment win, so anything can be
+    overridden by hand. Secrets get no default: a missing one fails the run that needs it, by name.
+    """
+    profile = os.environ.get("BTC_PROFILE", "local")
+    if profile not in ("local", "cluster"):
+        raise ValueError(f"BTC_PROFILE must be 'local' or 'cluster', got {profile!r}")
+    if profile == "local":
+        env_file = stack_env_file()
+        if env_file.exists():
+            for name, value in parse_env_file(env_file).items():
+                os.environ.setdefault(name, value)
+    for setting in SETTINGS:
+        if not setting.secret:
+            # Placeholders (``<…>``) describe values only the local stack knows: empty elsewhere.
+            os.environ.setdefault(setting.name, "" if setting.default.startswith("<") else setting.default)
+    return profile
+
+
+def get(name: str) -> str:
+    """The value of a setting (environment first, then its default); only for settings with a real default."""
+    setting = _BY_NAME[name]
+    value = os.environ.get(name)
+    if value:
+        return value
+    if setting.default.startswith(("<", "(")):
+        raise KeyError(f"{name} is not set: {setting.meaning}. Start the local stack "
+                       f"(`btc-pipeline stack up`) or set it in the environment")
+    return setting.default
+
+
+def symbols() -> list[str]:
+    raw = get("BTC_SYMBOLS")
+    found = [symbol.strip().upper() for symbol in raw.split(",") if symbol.strip()]
+    if not found:
+        raise ValueError(f"BTC_SYMBOLS={raw!r} names no symbol")
+    return found
+
+
+def env_example() -> str:
+    """The text of `.env.example`: every setting with its default, secrets left empty."""
+    lines = ["# Generated from btc_assets/lib/config.py (btc-pipeline config --env-example).",
+             "# The local stack writes the real values to $BTC_STACK_DIR/stack.env itself;",
+             "# for the cluster profile copy this file to .env and fill it in. Never commit secrets.", ""]
+    for setting in SETTINGS:
+        lines.append(f"# {setting.meaning}")
+        if setting.secret:
+            lines.append(f"{setting.name}=")
+        elif setting.default.startswith(("<", "(")):
+            lines.append(f"# {setting.name}={setting.default}")
+        else:
+            lines.append(f"{setting.name}={setting.default}")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_table() -> str:
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for setting in SETTINGS:
+        rows.append(f"| `{setting.name}` | `{setting.default}` | {setting.meaning} |")
+    return "\n".join(rows)

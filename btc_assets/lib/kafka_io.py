@@ -1,0 +1,64 @@
+"""Kafka access for the pipeline: topics, a safe producer, consumers and end offsets.
+
+The producer is idempotent with ``acks=all`` so a retried batch never duplicates a trade in the
+raw log, and batches with a short linger for throughput.
+"""
+
+from __future__ import annotations
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+
+def admin(bootstrap_servers: str, **overrides) -> KafkaAdminClient:
+    return KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="btc-pipeline-admin", **overrides)
+
+
+def ensure_topic(bootstrap_servers: str, name: str, *, partitions: int, replication: int = 1,
+                 config: dict[str, str] | None = None) -> bool:
+    """Create the topic if it does not exist; return True if it was created."""
+    client = admin(bootstrap_servers)
+    try:
+        if name in client.list_topics():
+            return False
+        client.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=replication,
+                                       topic_configs=config or {})])
+        return True
+    except TopicAlreadyExistsError:
+        return False
+    finally:
+        client.close()
+
+
+def partition_count(bootstrap_servers: str, topic: str) -> int:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers)
+    try:
+        return len(consumer.partitions_for_topic(topic) or ())
+    finally:
+        consumer.close()
+
+
+def producer(bootstrap_servers: str, **overrides) -> KafkaProducer:
+    settings = dict(bootstrap_servers=bootstrap_servers, acks="all", enable_idempotence=True,
+                    linger_ms=20, batch_size=256 * 1024, retries=2**31 - 1,
+                    max_in_flight_requests_per_connection=5, client_id="btc-pipeline-producer")
+    settings.update(overrides)
+    return KafkaProducer(**settings)
+
+
+def consumer(bootstrap_servers: str, *topics: str, **overrides) -> KafkaConsumer:
+    settings = dict(bootstrap_servers=bootstrap_servers, auto_offset_reset="earliest",
+                    enable_auto_commit=False, consumer_timeout_ms=10_000)
+    settings.update(overrides)
+    return KafkaConsumer(*topics, **settings)
+
+
+def end_offsets(bootstrap_servers: str, topic: str) -> dict[int, int]:
+    """Log-end offset of each partition of ``topic`` (the number of records ever written to it)."""
+    client = KafkaConsumer(bootstrap_servers=bootstrap_servers)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(client.partitions_for_topic(topic) or ())]
+        return {tp.partition: offset for tp, offset in client.end_offsets(partitions).items()}
+    finally:
+        client.close()

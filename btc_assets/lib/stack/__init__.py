@@ -1,0 +1,1 @@
+"""The local, Docker-free stack: real Kafka, HDFS + MapReduce, Spark and InfluxDB started from registries."""

@@ -1,0 +1,258 @@
+"""Building blocks of the local stack: paths, progress, logged commands, Maven resolution, managed processes.
+
+Every engine module (kafka.py, hadoop.py, influxdb.py, spark.py) builds on these so that all of them
+provision idempotently into one cache outside the repo, keep their data and logs under one state
+directory, and fail with a message that says what failed and how to fix it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+class StackError(RuntimeError):
+    """A stack step failed; the message says what failed and how to fix it."""
+
+
+def progress(component: str, message: str) -> None:
+    """One progress line on stderr, e.g. ``[kafka] starting broker on 127.0.0.1:9092``."""
+    print(f"[{component}] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class StackPaths:
+    """Where the stack keeps downloaded/built engines (cache) and its data, logs, pids (state)."""
+
+    cache_dir: Path
+    state_dir: Path
+
+    @classmethod
+    def from_env(cls) -> "StackPaths":
+        # An empty variable counts as unset (the config defaults set placeholders to "").
+        cache = Path(os.environ.get("BTC_CACHE_DIR") or Path.home() / ".cache" / "btc-pipeline")
+        state = Path(os.environ.get("BTC_STACK_DIR") or REPO_ROOT / ".local-stack")
+        return cls(cache_dir=cache.expanduser().resolve(), state_dir=state.expanduser().resolve())
+
+    def service_dir(self, name: str) -> Path:
+        path = self.state_dir / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def java_home() -> Path:
+    """The JDK the JVM engines run on: ``JAVA_HOME`` if set, else the ``java`` on PATH."""
+    if os.environ.get("JAVA_HOME"):
+        home = Path(os.environ["JAVA_HOME"])
+        if (home / "bin" / "java").exists():
+            return home
+        raise StackError(f"JAVA_HOME={home} has no bin/java; point it at a JDK 17+ or unset it")
+    java = shutil.which("java")
+    if not java:
+        raise StackError("Java is missing: install a JDK 17+ (e.g. `apt-get install openjdk-17-jdk-headless`)")
+    return Path(java).resolve().parents[1]
+
+
+def run_logged(cmd: list[str], log_path: Path, *, component: str, step: str,
+               env: dict[str, str] | None = None, cwd: Path | None = None,
+               timeout: float | None = None) -> None:
+    """Run a command to completion with its output appended to ``log_path``; raise StackError on failure."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        log.write(f"\n$ {' '.join(cmd)}\n".encode())
+        log.flush()
+        try:
+            result = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                    timeout=timeout, stdin=subprocess.DEVNULL)
+        except FileNotFoundError as exc:
+            raise StackError(f"{component}: {step} failed: {cmd[0]} not found ({exc})") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise StackError(f"{component}: {step} timed out after {timeout}s; see {log_path}") from exc
+    if result.returncode != 0:
+        tail = _tail(log_path, 15)
+        raise StackError(f"{component}: {step} failed (exit {result.returncode}); full log: {log_path}\n{tail}")
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def maven_resolve(pom: Path, dest: Path, *, component: str) -> list[Path]:
+    """Resolve a pom's dependencies from Maven Central into ``dest`` (a jar directory), once.
+
+    A marker file holding the pom's hash makes this a no-op while the pom is unchanged; the jars are
+    copied to a temporary directory first and renamed into place, so a killed download never leaves a
+    half-filled classpath behind.
+    """
+    digest = hashlib.sha256(pom.read_bytes()).hexdigest()[:16]
+    marker = dest / ".resolved"
+    if marker.exists() and marker.read_text().strip() == digest:
+        return sorted(dest.glob("*.jar"))
+    if not shutil.which("mvn"):
+        raise StackError(f"{component}: Maven (mvn) is missing: install it (e.g. `apt-get install maven`)")
+    progress(component, f"resolving jars from Maven Central into {dest} (first run only)…")
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    log = dest.parent / f"{dest.name}-resolve.log"
+    run_logged(["mvn", "-B", "-q", "-f", str(pom), "dependency:copy-dependencies",
+                f"-DoutputDirectory={tmp}", "-DincludeScope=runtime"],
+               log, component=component, step="Maven dependency resolution")
+    (tmp / ".resolved").write_text(digest)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    jars = sorted(dest.glob("*.jar"))
+    progress(component, f"{len(jars)} jars ready")
+    return jars
+
+
+def port_is_open(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def ensure_port_free(host: str, port: int, *, component: str, variable: str) -> None:
+    if port_is_open(host, port):
+        raise StackError(f"{component}: port {host}:{port} is already in use by another program; "
+                         f"stop it or choose another port with {variable}=<port>")
+
+
+class ManagedProcess:
+    """A background daemon with a pid file and a log file under the state directory."""
+
+    def __init__(self, name: str, directory: Path):
+        self.name = name
+        self.directory = directory
+        self.pid_file = directory / f"{name}.pid"
+        self.log_file = directory / f"{name}.log"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return pid
+        # A zombie left by our own process group still answers kill(0); treat it as gone.
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+            if state == "Z":
+                return None
+        except OSError:
+            pass
+        return pid
+
+    def is_running(self) -> bool:
+        return self.pid() is not None
+
+    def start(self, cmd: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None) -> int:
+        if (pid := self.pid()) is not None:
+            return pid
+        self.directory.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_file, "ab")
+        log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} $ {' '.join(cmd)}\n".encode())
+        log.flush()
+        # A new session so the daemon outlives the CLI that started it and gets no terminal signals.
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=env, cwd=cwd, start_new_session=True)
+        log.close()
+        self.pid_file.write_text(str(proc.pid))
+        return proc.pid
+
+    def stop(self, *, timeout: float = 30.0, kill: bool = False) -> None:
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return
+        os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.pid() is not None:
+            time.sleep(0.2)
+        if self.pid() is not None:
+            os.kill(pid, signal.SIGKILL)
+            while self.pid() is not None:
+                time.sleep(0.1)
+        self.pid_file.unlink(missing_ok=True)
+
+    def log_tail(self, lines: int = 20) -> str:
+        return _tail(self.log_file, lines)
+
+    def wait_until(self, ready, *, component: str, what: str, timeout: float = 120.0) -> None:
+        """Poll ``ready()`` until true; fail early, with the log's tail, if the process died."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.pid() is None:
+                raise StackError(f"{component}: {self.name} exited while starting; log {self.log_file}:\n"
+                                 f"{self.log_tail()}")
+            try:
+                if ready():
+                    return
+            except (StackError, TypeError, ImportError, AttributeError):
+                raise  # a broken probe, not a slow engine: fail now instead of timing out
+            except Exception:  # noqa: BLE001 - not ready yet, whatever else the probe raised
+                pass
+            time.sleep(0.5)
+        raise StackError(f"{component}: {what} not ready after {timeout:.0f}s; log {self.log_file}:\n"
+                         f"{self.log_tail()}")
+
+
+class Service:
+    """One engine of the local stack. Subclasses implement every method."""
+
+    name = "service"
+
+    def __init__(self, paths: StackPaths):
+        self.paths = paths
+
+    @property
+    def cache(self) -> Path:
+        path = self.paths.cache_dir / self.name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def state(self) -> Path:
+        return self.paths.service_dir(self.name)
+
+    def provision(self) -> None:
+        """Download or build what the engine needs into the cache; idempotent and fast when cached."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Start in the background (no-op when running) and return once it answers requests."""
+        raise NotImplementedError
+
+    def stop(self, *, kill: bool = False) -> None:
+        raise NotImplementedError
+
+    def is_running(self) -> bool:
+        raise NotImplementedError
+
+    def status(self) -> dict[str, object]:
+        """A small dict for `btc-pipeline stack status`: running, endpoints, pids, data dir."""
+        raise NotImplementedError
+
+    def env(self) -> dict[str, str]:
+        """Variables this engine contributes to the stack's env file (endpoints, credentials)."""
+        raise NotImplementedError
+
+    def log_files(self) -> list[Path]:
+        return sorted(self.state.glob("*.log"))

@@ -1,0 +1,1 @@
+"""Tests of btc_assets, mirroring its layout."""

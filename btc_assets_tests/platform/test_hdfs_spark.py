@@ -1,0 +1,100 @@
+"""HDFS on the local stack: write through the storage resource, read through Spark via hdfs://, a Hadoop Streaming job, and Spark reading Kafka into HDFS."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+from btc_assets.lib.hdfs import StorageError
+
+
+def test_storage_write_then_spark_reads_hdfs(resources, spark, unique):
+    storage = resources["storage"].storage
+    path = storage.path(f"tests/{unique}/prices.csv")
+    rows = [f"{minute},{80_000 + minute * 1.5}" for minute in range(1_000)]
+    written = storage.replace(path, ("\n".join(rows) + "\n").encode())
+    assert storage.fs.status(path).length == written
+    assert not storage.fs.exists(path + "._tmp")
+
+    url = storage.url(path)
+    assert url.startswith("hdfs://")
+    frame = spark.read.csv(url, schema="minute INT, price DOUBLE")
+    assert frame.count() == 1_000
+    assert frame.agg({"price": "max"}).first()[0] == 80_000 + 999 * 1.5
+    storage.fs.delete(storage.path(f"tests/{unique}"), recursive=True)
+
+
+def test_missing_path_is_a_clear_error(resources, unique):
+    fs = resources["storage"].storage.fs
+    assert fs.status(f"/btc/tests/{unique}/absent") is None
+    try:
+        fs.read(f"/btc/tests/{unique}/absent")
+    except StorageError as error:
+        assert "absent" in str(error) and "404" in str(error)
+    else:
+        raise AssertionError("reading a missing file must fail")
+
+
+def test_hadoop_streaming_job_over_hdfs(resources, tmp_path, unique):
+    storage = resources["storage"].storage
+    words = ["kafka", "spark", "hdfs", "influx", "kafka", "kafka", "spark"] * 500
+    source = storage.path(f"tests/{unique}/words.txt")
+    storage.replace(source, ("\n".join(words) + "\n").encode())
+
+    mapper = tmp_path / "wc_mapper.py"
+    mapper.write_text(textwrap.dedent("""\
+        import sys
+        for line in sys.stdin:
+            for word in line.split():
+                print(f"{word}\\t1")
+        print("reporter:counter:test,lines,1", file=sys.stderr)
+    """))
+    reducer = tmp_path / "wc_reducer.py"
+    reducer.write_text(textwrap.dedent("""\
+        import sys
+        from itertools import groupby
+        pairs = (line.rstrip("\\n").split("\\t") for line in sys.stdin)
+        for word, group in groupby(pairs, key=lambda pair: pair[0]):
+            print(f"{word}\\t{sum(int(count) for _, count in group)}")
+    """))
+    output = storage.path(f"tests/{unique}/counts")
+    counters = resources["mapreduce"].run(
+        mapper=str(mapper), reducer=str(reducer), inputs=[storage.url(source)], output=storage.url(output))
+
+    parts = [status.path for status in storage.fs.list(output) if status.path.rsplit("/", 1)[-1].startswith("part-")]
+    counts = dict(line.split("\t") for part in parts
+                  for line in storage.fs.read(part).decode().splitlines())
+    assert {word: int(count) for word, count in counts.items()} == {"kafka": 1500, "spark": 1000,
+                                                                    "hdfs": 500, "influx": 500}
+    assert counters["Map-Reduce Framework.Map input records"] == len(words)
+    assert counters["test.lines"] >= 1
+    storage.fs.delete(storage.path(f"tests/{unique}"), recursive=True)
+
+
+def test_spark_reads_kafka_and_writes_hdfs(resources, spark, unique):
+    kafka = resources["kafka"]
+    topic = f"spark-test-{unique}"
+    kafka.ensure_topic(topic, partitions=3)
+    producer = kafka.producer()
+    for trade_id in range(2_000):
+        producer.send(topic, key=str(trade_id).encode(),
+                      value=json.dumps({"t": trade_id, "p": str(80_000 + trade_id)}).encode())
+    producer.flush()
+    producer.close()
+
+    frame = (spark.read.format("kafka")
+             .option("kafka.bootstrap.servers", kafka.bootstrap_servers)
+             .option("subscribe", topic)
+             .option("startingOffsets", "earliest").option("endingOffsets", "latest")
+             .load()
+             .selectExpr("CAST(get_json_object(CAST(value AS STRING), '$.t') AS BIGINT) AS trade_id",
+                         "partition"))
+    storage = resources["storage"].storage
+    target = storage.url(storage.path(f"tests/{unique}/from-kafka"))
+    frame.write.mode("overwrite").parquet(target)
+
+    back = spark.read.parquet(target)
+    assert back.count() == 2_000
+    assert sorted(row.trade_id for row in back.select("trade_id").collect()) == list(range(2_000))
+    assert {row.partition for row in back.select("partition").distinct().collect()} == {0, 1, 2}
+    storage.fs.delete(storage.path(f"tests/{unique}"), recursive=True)
