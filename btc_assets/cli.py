@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -89,12 +90,21 @@ def cmd_demo(args) -> int:
     env = dagster_env(stack)
     from btc_assets.demo import demo_steps
 
-    for title, command in demo_steps(args):
-        progress("demo", title)
-        result = subprocess.run(command, env=env, cwd=REPO_ROOT)
-        if result.returncode != 0:
-            progress("demo", f"FAILED: {' '.join(command)} (exit {result.returncode})")
-            return result.returncode
+    with contextlib.ExitStack() as emulators:
+        if args.source == "emulator":
+            from btc_assets.lib import history_emulator
+
+            archive = emulators.enter_context(history_emulator.serve(
+                cache_dir=stack.paths.cache_dir / "history-emulator", symbols=tuple(config.symbols()),
+                trades_per_day=args.trades_per_day or None))
+            env["BTC_BINANCE_HISTORY_URL"] = archive.base_url
+            progress("demo", f"Binance history emulator on {archive.base_url}")
+        for title, command in demo_steps(args):
+            progress("demo", title)
+            result = subprocess.run(command, env=env, cwd=REPO_ROOT)
+            if result.returncode != 0:
+                progress("demo", f"FAILED: {' '.join(command)} (exit {result.returncode})")
+                return result.returncode
     progress("demo", f"done in {time.monotonic() - started:.0f}s; the stack keeps running "
                      "(`btc-pipeline stack down` stops it; `dagster dev` shows the runs)")
     return 0
@@ -130,7 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     stack.set_defaults(func=cmd_stack)
 
     demo = sub.add_parser("demo", help="the main job end to end on the local stack")
-    demo.add_argument("--days", type=int, default=3, help="history days to generate and process")
+    demo.add_argument("--start", default="2025-04-01", help="first history day (UTC)")
+    demo.add_argument("--days", type=int, default=3, help="consecutive history days to process")
+    demo.add_argument("--trades-per-day", type=int, default=0,
+                      help="emulator only: trades per generated day (default: realistic, millions)")
+    demo.add_argument("--source", choices=["emulator", "binance"], default="emulator",
+                      help="where history and live trades come from (binance: the real endpoints)")
     demo.set_defaults(func=cmd_demo)
 
     test = sub.add_parser("test", help="provision the engines and run the test suite")

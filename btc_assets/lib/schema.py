@@ -184,7 +184,8 @@ def trade_from_event(message: dict[str, Any]) -> LiveTrade:
         raise MalformedTrade("not_a_trade", str(event[EVENT_TYPE]))
     try:
         price, qty = float(event[EVENT_PRICE]), float(event[EVENT_QUANTITY])
-        trade_id, trade_time, event_time = int(event[EVENT_TRADE_ID]), int(event[EVENT_TRADE_TIME]), int(event[EVENT_TIME])
+        trade_id, trade_time = int(event[EVENT_TRADE_ID]), int(event[EVENT_TRADE_TIME])
+        event_time = int(event[EVENT_TIME])
     except (TypeError, ValueError) as error:
         raise MalformedTrade(NON_NUMERIC, str(error)) from None
     if not isinstance(event[EVENT_IS_BUYER_MAKER], bool):

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import time
+
 from btc_assets.lib import kafka_io
 
 MESSAGES = 10_000
 
 
-def consume_all(kafka, topic: str) -> list[bytes]:
-    consumer = kafka.consumer(topic, group_id=None, consumer_timeout_ms=5_000)
+def consume_all(kafka, topic: str, expected: int, timeout_s: float = 120.0) -> list[bytes]:
+    """Read the topic from the start until ``expected`` records arrived (or the deadline passed).
+
+    Right after a broker restart its partitions may still be electing leaders, so one short poll
+    could see nothing; keep polling rather than conclude the data is gone.
+    """
+    consumer = kafka.consumer(topic, group_id=None, consumer_timeout_ms=1_000)
+    values: list[bytes] = []
+    deadline = time.monotonic() + timeout_s
     try:
-        return [record.value for record in consumer]
+        while len(values) < expected and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=1_000).values():
+                values.extend(record.value for record in records)
+        return values
     finally:
         consumer.close()
 
@@ -29,7 +41,7 @@ def test_produce_consume_and_survive_restarts(stack, resources, unique):
     producer.close()
 
     expected = {f"message-{number}".encode() for number in range(MESSAGES)}
-    first = consume_all(kafka, topic)
+    first = consume_all(kafka, topic, MESSAGES)
     assert len(first) == MESSAGES and set(first) == expected
     assert sum(kafka.end_offsets(topic).values()) == MESSAGES
 
@@ -37,9 +49,9 @@ def test_produce_consume_and_survive_restarts(stack, resources, unique):
     broker.stop()
     assert not broker.is_running()
     broker.start()
-    assert set(consume_all(kafka, topic)) == expected
+    assert set(consume_all(kafka, topic, MESSAGES)) == expected
 
     broker.stop(kill=True)  # an unclean stop: the log must recover
     broker.start()
-    after_kill = consume_all(kafka, topic)
+    after_kill = consume_all(kafka, topic, MESSAGES)
     assert len(after_kill) == MESSAGES and set(after_kill) == expected

@@ -11,7 +11,7 @@ from btc_assets.lib.stack.base import REPO_ROOT
 
 def run_demo(home) -> subprocess.CompletedProcess:
     env = dict(os.environ, DAGSTER_HOME=str(home))
-    return subprocess.run([sys.executable, "-m", "btc_assets.cli", "demo", "--days", "1"], cwd=REPO_ROOT,
+    return subprocess.run([sys.executable, "-m", "btc_assets.cli", "demo", "--days", "1", "--trades-per-day", "20000"], cwd=REPO_ROOT,
                           env=env, capture_output=True, text=True, timeout=1800)
 
 

@@ -151,13 +151,15 @@ class ManagedProcess:
             return None
         except PermissionError:
             return pid
-        # A zombie left by our own process group still answers kill(0); treat it as gone.
+        # Our own child that has exited stays a zombie (and answers kill(0)) until reaped: reap it.
+        # Only waitpid tells "exited" reliably: during a JVM's shutdown its main thread can show as a
+        # zombie while other threads still hold its ports.
         try:
-            state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-            if state == "Z":
+            reaped, _ = os.waitpid(pid, os.WNOHANG)
+            if reaped == pid:
                 return None
-        except OSError:
-            pass
+        except ChildProcessError:
+            pass  # not our child: its parent (or init) reaps it
         return pid
 
     def is_running(self) -> bool:

@@ -19,6 +19,7 @@ import requests
 from .base import REPO_ROOT, ManagedProcess, Service, StackError, ensure_port_free, progress
 
 BUILD_SCRIPT = REPO_ROOT / "infra" / "local" / "build_influxdb.sh"
+DEFAULT_VERSION = "2.7.12"  # keep in step with infra/local/build_influxdb.sh
 DEFAULT_ORG = "btc"
 DEFAULT_BUCKET = "btc"
 
@@ -29,6 +30,7 @@ class InfluxDBService(Service):
     def __init__(self, paths):
         super().__init__(paths)
         self.port = int(os.environ.get("BTC_STACK_INFLUX_PORT", "8086"))
+        self.version = os.environ.get("INFLUXDB_VERSION", DEFAULT_VERSION).lstrip("v")
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = ManagedProcess("influxd", self.state)
         self.credentials_file = self.state / "credentials.json"
@@ -42,15 +44,14 @@ class InfluxDBService(Service):
             if not path.exists():
                 raise StackError(f"influxdb: BTC_STACK_INFLUXD={path} does not exist")
             return path
-        found = sorted(self.cache.glob("*/influxd"))
-        return found[-1] if found else self.cache / "missing" / "influxd"
+        return self.cache / self.version / "influxd"
 
     def provision(self) -> None:
         if self.binary().exists():
             return
         progress(self.name, "building InfluxDB 2 from the Go module proxy and crates.io "
                             "(first run only, about 15-25 minutes on 2 cores)…")
-        env = dict(os.environ, BTC_CACHE_DIR=str(self.paths.cache_dir))
+        env = dict(os.environ, BTC_CACHE_DIR=str(self.paths.cache_dir), INFLUXDB_VERSION=self.version)
         result = subprocess.run(["bash", str(BUILD_SCRIPT)], env=env, stdout=subprocess.PIPE, text=True)
         if result.returncode != 0:
             raise StackError(f"influxdb: the build failed (exit {result.returncode}); its log is under "
@@ -77,7 +78,7 @@ class InfluxDBService(Service):
                "--bolt-path", str(data / "influxd.bolt"),
                "--engine-path", str(data / "engine"),
                "--sqlite-path", str(data / "influxd.sqlite"),
-               "--reporting-disabled",
+               "--reporting-disabled", "--ui-disabled", "--pprof-disabled",
                "--log-level", "warn",
                # Small caches: the machine also runs Kafka, HDFS and Spark.
                "--storage-cache-max-memory-size", str(256 * 1024 * 1024),

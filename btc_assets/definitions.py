@@ -1,0 +1,27 @@
+"""The one Definitions object of the `btc_assets` code location.
+
+Loading it touches no engine: resources connect lazily, and their settings are ``EnvVar``s resolved
+when a run starts. ``load_profile_env`` fills the environment from the local stack's env file (the
+``local`` profile) and the documented defaults first.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from btc_assets.defs.batch import assets as batch_assets
+from btc_assets.defs.batch.checks import minute_bar_checks
+from btc_assets.defs.batch.schedules import history_job, history_schedule
+from btc_assets.defs.platform import assets as platform_assets
+from btc_assets.defs.resources import build_resources
+from btc_assets.lib.config import load_profile_env
+
+PROFILE = load_profile_env()
+
+defs = dg.Definitions(
+    assets=dg.load_assets_from_modules([platform_assets, batch_assets]),
+    asset_checks=[minute_bar_checks],
+    jobs=[history_job],
+    schedules=[history_schedule],
+    resources=build_resources(),
+)

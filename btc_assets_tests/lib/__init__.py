@@ -1,0 +1,1 @@
+"""Tests of btc_assets.lib: plain code, no Dagster."""
