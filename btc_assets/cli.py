@@ -12,10 +12,12 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+from datetime import date
 from pathlib import Path
 
 from btc_assets.lib import config
@@ -28,14 +30,22 @@ def _stack():
     return LocalStack()
 
 
-def print_status(stack) -> bool:
+ENDPOINT_KEYS = ("namenode", "webhdfs", "bootstrap_servers", "url", "master")
+
+
+def print_status(stack, verbose: bool = False) -> bool:
+    """One line per engine: up/DOWN, its endpoints (every detail with ``verbose``)."""
     status = stack.status()
     width = max(len(name) for name in status)
     for name, facts in status.items():
         running = facts.get("running")
         mark = "up  " if running is True else ("    " if isinstance(running, str) else "DOWN")
-        details = ", ".join(f"{key}={value}" for key, value in facts.items() if key != "running")
-        print(f"{mark} {name:<{width}}  {running if isinstance(running, str) else ''} {details}".rstrip())
+        shown = {key: value for key, value in facts.items() if key != "running"
+                 and (verbose or key in ENDPOINT_KEYS)}
+        details = "  ".join(str(value) for value in shown.values()) if not verbose else \
+            ", ".join(f"{key}={value}" for key, value in shown.items())
+        note = running if isinstance(running, str) else ""
+        print(f"{mark} {name:<{width}}  {note} {details}".rstrip())
     print(f"env file: {stack.env_file}")
     return all(facts.get("running") is not False for facts in status.values())
 
@@ -54,7 +64,7 @@ def cmd_stack(args) -> int:
         if args.json:
             print(json.dumps(stack.status(), indent=2, default=str))
             return 0 if stack.is_up() else 3
-        return 0 if print_status(stack) else 3
+        return 0 if print_status(stack, verbose=args.verbose) else 3
     elif args.action == "logs":
         for service in stack.select(names):
             for log in service.log_files():
@@ -81,6 +91,22 @@ def dagster_env(stack) -> dict[str, str]:
     return env
 
 
+@contextlib.contextmanager
+def history_source(args, stack, env: dict[str, str]):
+    """With ``--source emulator``, serve generated days as data.binance.vision would, for the runs in ``env``."""
+    if args.source != "emulator":
+        yield
+        return
+    from btc_assets.lib import history_emulator
+
+    with history_emulator.serve(cache_dir=stack.paths.cache_dir / "history-emulator",
+                                symbols=tuple(config.symbols()),
+                                trades_per_day=args.trades_per_day or None) as archive:
+        env["BTC_BINANCE_HISTORY_URL"] = archive.base_url
+        progress("history", f"Binance history emulator on {archive.base_url}")
+        yield
+
+
 def cmd_demo(args) -> int:
     """The main job end to end on the local stack."""
     started = time.monotonic()
@@ -90,23 +116,73 @@ def cmd_demo(args) -> int:
     env = dagster_env(stack)
     from btc_assets.demo import demo_steps
 
-    with contextlib.ExitStack() as emulators:
-        if args.source == "emulator":
-            from btc_assets.lib import history_emulator
-
-            archive = emulators.enter_context(history_emulator.serve(
-                cache_dir=stack.paths.cache_dir / "history-emulator", symbols=tuple(config.symbols()),
-                trades_per_day=args.trades_per_day or None))
-            env["BTC_BINANCE_HISTORY_URL"] = archive.base_url
-            progress("demo", f"Binance history emulator on {archive.base_url}")
-        for title, command in demo_steps(args):
-            progress("demo", title)
-            result = subprocess.run(command, env=env, cwd=REPO_ROOT)
-            if result.returncode != 0:
-                progress("demo", f"FAILED: {' '.join(command)} (exit {result.returncode})")
-                return result.returncode
+    with history_source(args, stack, env):
+        logs = stack.paths.state_dir / "demo-logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        for number, (title, command) in enumerate(demo_steps(args), start=1):
+            if run_step(f"{number:02d}", title, command, env, logs) != 0:
+                return 1
     progress("demo", f"done in {time.monotonic() - started:.0f}s; the stack keeps running "
                      "(`btc-pipeline stack down` stops it; `dagster dev` shows the runs)")
+    return 0
+
+
+STEP_SUMMARY = re.compile(r" - (?:INFO|DEBUG) - .* - (?:\w+ - )?(?:(?P<check>Asset check '\w+' on '\w+' "
+                          r"(?:passed|failed))|(?P<fact>[A-Z0-9]+ \d{4}-\d\d-\d\d: .*))\.?$")
+
+
+def run_step(number: str, title: str, command: list[str], env: dict[str, str], logs: Path,
+             component: str = "demo") -> int:
+    """One demo step: the command's full output goes to a log file, the console gets a summary."""
+    log_path = logs / f"{number}-{re.sub(r'[^a-z0-9]+', '-', title.lower()).strip('-')[:40]}.log"
+    progress(component, f"{title} …")
+    started = time.monotonic()
+    with open(log_path, "w") as log:
+        result = subprocess.run(command, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    output = log_path.read_text(errors="replace").splitlines()
+    if result.returncode != 0:
+        print("\n".join(output[-40:]), file=sys.stderr)
+        progress(component, f"FAILED after {time.monotonic() - started:.0f}s (exit {result.returncode}); "
+                         f"full log: {log_path}")
+        return result.returncode
+    if len(output) <= 15 and not any(" - dagster - " in line for line in output):
+        for line in output:  # a short listing (e.g. the assets): show it as it is
+            progress(component, f"    {line}")
+    checks = []
+    for line in output:
+        match = STEP_SUMMARY.search(line)
+        if match and match["fact"]:
+            progress(component, f"    {match['fact']}")
+        elif match and match["check"]:
+            checks.append(match["check"].split("'")[1] + (" ok" if match["check"].endswith("passed") else " FAILED"))
+    if checks:
+        progress(component, f"    checks: {', '.join(checks)}")
+    progress(component, f"    done in {time.monotonic() - started:.0f}s (log {log_path})")
+    return 0
+
+
+def cmd_backfill(args) -> int:
+    """Materialize the history assets for every day of a range, one Dagster run per day."""
+    from btc_assets.demo import demo_days, materialize
+
+    start, end = date.fromisoformat(args.start), date.fromisoformat(args.end)
+    if end < start:
+        raise StackError(f"--end {end} is before --start {start}")
+    stack = _stack()
+    env = dagster_env(stack)
+    logs = stack.paths.state_dir / "backfill-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    days = demo_days(args.start, (end - start).days + 1)
+    failed = []
+    with history_source(args, stack, env):
+        for number, day in enumerate(days, start=1):
+            if run_step(f"{day}", f"backfill {number}/{len(days)} {day}",
+                        materialize("raw_trades,minute_bars", partition=day), env, logs, "backfill") != 0:
+                failed.append(day)
+    if failed:
+        progress("backfill", f"{len(failed)} of {len(days)} days failed: {', '.join(failed)} (logs in {logs})")
+        return 1
+    progress("backfill", f"{len(days)} days done")
     return 0
 
 
@@ -126,6 +202,14 @@ def cmd_config(args) -> int:
     return 0
 
 
+def add_source_options(parser, default: str) -> None:
+    parser.add_argument("--source", choices=["emulator", "binance"], default=default,
+                        help="where trades come from: the project's emulator, or the real Binance "
+                             "endpoints (BTC_BINANCE_*_URL)")
+    parser.add_argument("--trades-per-day", type=int, default=0,
+                        help="emulator only: trades per generated day (default: realistic, millions)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="btc-pipeline", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -136,17 +220,21 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("services", nargs="*", help="hadoop, kafka, influxdb, spark (default: all)")
     stack.add_argument("--kill", action="store_true", help="down: SIGKILL instead of a clean stop")
     stack.add_argument("--json", action="store_true", help="status: machine-readable")
+    stack.add_argument("-v", "--verbose", action="store_true", help="status: every detail (pids, data dirs, logs)")
     stack.add_argument("-n", "--lines", type=int, default=40, help="logs: lines per file")
     stack.set_defaults(func=cmd_stack)
 
     demo = sub.add_parser("demo", help="the main job end to end on the local stack")
     demo.add_argument("--start", default="2025-04-01", help="first history day (UTC)")
     demo.add_argument("--days", type=int, default=3, help="consecutive history days to process")
-    demo.add_argument("--trades-per-day", type=int, default=0,
-                      help="emulator only: trades per generated day (default: realistic, millions)")
-    demo.add_argument("--source", choices=["emulator", "binance"], default="emulator",
-                      help="where history and live trades come from (binance: the real endpoints)")
+    add_source_options(demo, default="emulator")
     demo.set_defaults(func=cmd_demo)
+
+    backfill = sub.add_parser("backfill", help="history assets for a range of days (one run per day)")
+    backfill.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
+    backfill.add_argument("--end", required=True, help="last day, YYYY-MM-DD (inclusive)")
+    add_source_options(backfill, default="binance")
+    backfill.set_defaults(func=cmd_backfill)
 
     test = sub.add_parser("test", help="provision the engines and run the test suite")
     test.add_argument("pytest_args", nargs=argparse.REMAINDER)

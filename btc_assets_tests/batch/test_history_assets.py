@@ -125,3 +125,15 @@ def test_cli_materializes_three_days_and_a_rerun_replaces(stack, archive, tmp_pa
     assert all(trades == archive.archive.trades_per_day for _, _, trades in listings)
     first_run, rerun = listings[1], listings[3]
     assert first_run == rerun  # same files, same trades: replaced, not appended
+
+
+def test_daily_schedule_requests_the_newest_complete_day():
+    from datetime import datetime, timezone
+
+    from btc_assets.definitions import defs
+
+    schedule = defs.get_schedule_def("history_job_schedule")
+    context = dg.build_schedule_context(scheduled_execution_time=datetime(2025, 4, 2, 6, 0, tzinfo=timezone.utc))
+    requests = schedule.evaluate_tick(context).run_requests
+    assert [request.partition_key for request in requests] == ["2025-04-01"]
+    assert schedule.cron_schedule == "0 6 * * *"

@@ -2,11 +2,10 @@
 
 import dagster as dg
 
-from btc_assets.defs.batch.assets import daily_partitions, minute_bars, raw_trades
+from btc_assets.defs.batch.assets import minute_bars, raw_trades
 
 history_job = dg.define_asset_job(
     "history_job", selection=dg.AssetSelection.assets(raw_trades, minute_bars),
-    partitions_def=daily_partitions,
     description="Ingest a day of Binance trades into HDFS and compute its minute bars with MapReduce.")
 
 # data.binance.vision publishes a day's file in the morning (UTC) of the next day; at 06:00 UTC
