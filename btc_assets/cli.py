@@ -194,6 +194,14 @@ def cmd_test(args) -> int:
     return subprocess.run(command, cwd=REPO_ROOT).returncode
 
 
+def cmd_dashboards(args) -> int:
+    from btc_assets.lib import dashboards
+
+    for path in dashboards.write_all():
+        print(path)
+    return 0
+
+
 def cmd_config(args) -> int:
     if args.markdown:
         print(config.markdown_table())
@@ -239,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     test = sub.add_parser("test", help="provision the engines and run the test suite")
     test.add_argument("pytest_args", nargs=argparse.REMAINDER)
     test.set_defaults(func=cmd_test)
+
+    boards = sub.add_parser("dashboards", help="regenerate grafana/dashboards/*.json from btc_assets/lib/dashboards.py")
+    boards.set_defaults(func=cmd_dashboards)
 
     cfg = sub.add_parser("config", help="print the documented settings")
     cfg.add_argument("--markdown", action="store_true", help="the README table instead of .env.example")

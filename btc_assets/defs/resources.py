@@ -225,6 +225,7 @@ def build_resources() -> dict[str, Any]:
                                  bucket=env("BTC_INFLUX_BUCKET"), write_token=env("BTC_INFLUX_WRITE_TOKEN"),
                                  read_token=env("BTC_INFLUX_READ_TOKEN"), admin_token=env("BTC_INFLUX_TOKEN")),
         "binance_history": BinanceHistoryResource(base_url=env("BTC_BINANCE_HISTORY_URL")),
+        "stream": StreamResource(),
     }
 
 
@@ -240,3 +241,16 @@ class BinanceHistoryResource(dg.ConfigurableResource):
 
         return HistoryClient(base_url=self.base_url, retries=self.retries, backoff_seconds=self.backoff_seconds,
                              log=log or print)
+
+
+class StreamResource(dg.ConfigurableResource):
+    """The long-running stream services (producer, Spark job) and the thresholds the health sensor uses."""
+
+    checkpoint_name: str = "trades"
+    stall_seconds: float = 300.0
+    cooldown_seconds: float = 600.0
+
+    def services(self):
+        from btc_assets.lib.stream_service import StreamServices
+
+        return StreamServices()
