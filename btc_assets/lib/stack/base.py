@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -61,6 +62,31 @@ def java_home() -> Path:
     if not java:
         raise StackError("Java is missing: install a JDK 17+ (e.g. `apt-get install openjdk-17-jdk-headless`)")
     return Path(java).resolve().parents[1]
+
+
+def java_major(home: Path) -> int | None:
+    """The major version of the JDK at ``home`` (from its ``release`` file), or None if unknown."""
+    try:
+        text = (home / "release").read_text()
+    except OSError:
+        return None
+    match = re.search(r'^JAVA_VERSION="(\d+)(?:\.(\d+))?', text, re.M)
+    if not match:
+        return None
+    major = int(match.group(1))
+    return int(match.group(2)) if major == 1 and match.group(2) else major
+
+
+def env_port(variable: str, default: int, *, component: str) -> int:
+    """A port number from the environment, with a clear error for a value that is not one."""
+    raw = os.environ.get(variable, str(default)).strip() or str(default)
+    try:
+        port = int(raw)
+    except ValueError:
+        raise StackError(f"{component}: {variable}={raw!r} is not a port number; set it to e.g. {default}") from None
+    if not 0 < port < 65536:
+        raise StackError(f"{component}: {variable}={port} is out of range; set it to a port in 1..65535")
+    return port
 
 
 def run_logged(cmd: list[str], log_path: Path, *, component: str, step: str,

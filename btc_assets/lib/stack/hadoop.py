@@ -32,7 +32,9 @@ from .base import (
     Service,
     StackError,
     ensure_port_free,
+    env_port,
     java_home,
+    java_major,
     maven_resolve,
     port_is_open,
     progress,
@@ -87,11 +89,7 @@ DATANODE_PORTS = ("datanode_data", "datanode_http", "datanode_ipc")
 
 def _port(key: str) -> int:
     variable, default = PORTS[key]
-    raw = os.environ.get(variable, str(default))
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise StackError(f"hadoop: {variable}={raw!r} is not a port number") from exc
+    return env_port(variable, default, component="hadoop")
 
 
 def _hadoop_java() -> Path:
@@ -101,14 +99,7 @@ def _hadoop_java() -> Path:
     calls on every start ("getSubject is not supported"), so refuse those JDKs with a clear message.
     """
     home = java_home()
-    major = None
-    try:
-        for line in (home / "release").read_text().splitlines():
-            if line.startswith("JAVA_VERSION="):
-                version = line.split("=", 1)[1].strip().strip('"')
-                major = int(version.split(".")[0] if not version.startswith("1.") else version.split(".")[1])
-    except (OSError, ValueError):
-        pass  # no release file: let the JVM speak for itself
+    major = java_major(home)
     if major is not None and not 11 <= major <= 22:
         raise StackError(f"hadoop: Hadoop {HADOOP_VERSION} needs Java 11-22 (17 recommended) but {home} is "
                          f"Java {major}; point JAVA_HOME at a JDK 17 (e.g. /usr/lib/jvm/java-17-openjdk-amd64)")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import requests
 
-from .base import REPO_ROOT, ManagedProcess, Service, StackError, ensure_port_free, progress
+from .base import REPO_ROOT, ManagedProcess, Service, StackError, ensure_port_free, env_port, progress
 
 BUILD_SCRIPT = REPO_ROOT / "infra" / "local" / "build_influxdb.sh"
 DEFAULT_VERSION = "2.7.12"  # keep in step with infra/local/build_influxdb.sh
@@ -29,7 +29,7 @@ class InfluxDBService(Service):
 
     def __init__(self, paths):
         super().__init__(paths)
-        self.port = int(os.environ.get("BTC_STACK_INFLUX_PORT", "8086"))
+        self.port = env_port("BTC_STACK_INFLUX_PORT", 8086, component="influxdb")
         self.version = os.environ.get("INFLUXDB_VERSION", DEFAULT_VERSION).lstrip("v")
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = ManagedProcess("influxd", self.state)

@@ -34,7 +34,9 @@ from .base import (
     StackError,
     StackPaths,
     ensure_port_free,
+    env_port,
     java_home,
+    java_major,
     maven_resolve,
     port_is_open,
     progress,
@@ -54,17 +56,6 @@ JVM_OPTS = [
 ]
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 60.0
-
-
-def _env_port(variable: str, default: int) -> int:
-    raw = os.environ.get(variable, str(default)).strip()
-    try:
-        port = int(raw)
-    except ValueError:
-        raise StackError(f"kafka: {variable}={raw!r} is not a port number; set it to e.g. {default}") from None
-    if not 0 < port < 65536:
-        raise StackError(f"kafka: {variable}={port} is out of range; set it to a port in 1..65535")
-    return port
 
 
 def _env_flag(variable: str, default: bool) -> bool:
@@ -90,18 +81,6 @@ def new_cluster_id() -> str:
             return cluster_id
 
 
-def _java_major(home: Path) -> int | None:
-    try:
-        text = (home / "release").read_text()
-    except OSError:
-        return None
-    match = re.search(r'^JAVA_VERSION="(\d+)(?:\.(\d+))?', text, re.M)
-    if not match:
-        return None
-    major = int(match.group(1))
-    return int(match.group(2)) if major == 1 and match.group(2) else major
-
-
 def _require_kafka_python() -> None:
     if importlib.util.find_spec("kafka") is None:
         raise StackError("kafka: the Python client kafka-python is missing: "
@@ -116,8 +95,8 @@ class KafkaService(Service):
     def __init__(self, paths: StackPaths):
         super().__init__(paths)
         self.version = kafka_version()
-        self.port = _env_port("BTC_STACK_KAFKA_PORT", 9092)
-        self.controller_port = _env_port("BTC_STACK_KAFKA_CONTROLLER_PORT", 9093)
+        self.port = env_port("BTC_STACK_KAFKA_PORT", 9092, component="kafka")
+        self.controller_port = env_port("BTC_STACK_KAFKA_CONTROLLER_PORT", 9093, component="kafka")
         if self.port == self.controller_port:
             raise StackError(f"kafka: BTC_STACK_KAFKA_PORT and BTC_STACK_KAFKA_CONTROLLER_PORT are both "
                              f"{self.port}; give the controller another port")
@@ -224,7 +203,7 @@ class KafkaService(Service):
     # ----------------------------------------------------------------------------- helpers
     def _java(self) -> Path:
         home = java_home()
-        major = _java_major(home)
+        major = java_major(home)
         if major is not None and major < 17:
             raise StackError(f"kafka: Kafka {self.version} needs Java 17+, but {home} is Java {major}; "
                              f"set JAVA_HOME to a JDK 17+")
