@@ -194,6 +194,31 @@ def cmd_test(args) -> int:
     return subprocess.run(command, cwd=REPO_ROOT).returncode
 
 
+def cmd_stream(args) -> int:
+    from btc_assets.lib.stream_service import StreamServices
+
+    stack = _stack()
+    stack.apply_env()
+    services = StreamServices(stack.paths.state_dir)
+    if args.action == "start":
+        stack.up()
+        services.start_all(emulator_rate=args.rate if args.source == "emulator" else None)
+    elif args.action == "stop":
+        services.stop_all()
+    for name, facts in services.status().items():
+        print(f"{'up  ' if facts['running'] else 'down'} {name:<17} pid={facts['pid']}  log={facts['log']}")
+    return 0
+
+
+def cmd_produce(args) -> int:
+    from btc_assets.stream import producer
+
+    _stack().apply_env()
+    config.load_profile_env()
+    forwarded = args.producer_args
+    return producer.main(forwarded[1:] if forwarded[:1] == ["--"] else forwarded)
+
+
 def cmd_dashboards(args) -> int:
     from btc_assets.lib import dashboards
 
@@ -248,6 +273,17 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("pytest_args", nargs=argparse.REMAINDER)
     test.set_defaults(func=cmd_test)
 
+    stream = sub.add_parser("stream", help="the live path: (emulator,) producer and Spark job as background services")
+    stream.add_argument("action", choices=["start", "stop", "status"])
+    stream.add_argument("--source", choices=["emulator", "binance"], default="emulator",
+                        help="start: the project's Binance emulator, or the real Binance (BTC_BINANCE_*_URL)")
+    stream.add_argument("--rate", type=float, default=300.0, help="start, emulator: trades per second")
+    stream.set_defaults(func=cmd_stream)
+
+    produce = sub.add_parser("produce", help="the WebSocket -> Kafka producer in the foreground", add_help=False)
+    produce.add_argument("producer_args", nargs=argparse.REMAINDER, help="see `btc-pipeline produce --help`")
+    produce.set_defaults(func=cmd_produce)
+
     boards = sub.add_parser("dashboards", help="regenerate grafana/dashboards/*.json from btc_assets/lib/dashboards.py")
     boards.set_defaults(func=cmd_dashboards)
 
@@ -258,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["produce"]:  # the producer parses its own options (argparse REMAINDER would eat --help)
+        argv = ["produce", "--", *argv[1:]]
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -11,12 +11,20 @@ import os
 import sys
 from pathlib import Path
 
-from btc_assets.lib.stack.base import REPO_ROOT, ManagedProcess, StackPaths, progress
+from btc_assets.lib import config
+from btc_assets.lib.stack.base import REPO_ROOT, ManagedProcess, StackPaths, env_port, progress
 
 SERVICES = {
+    "binance-emulator": ["-m", "btc_assets.stream.binance_emulator"],
     "producer": ["-m", "btc_assets.stream.producer"],
     "spark-job": ["-m", "btc_assets.stream.spark_job"],
 }
+EMULATOR_PORT_VARIABLE = "BTC_STACK_BINANCE_EMULATOR_PORT"
+
+
+def emulator_urls(port: int) -> dict[str, str]:
+    """The Binance endpoints of an emulator on ``port``, as the producer's settings."""
+    return {"BTC_BINANCE_WS_URL": f"ws://127.0.0.1:{port}", "BTC_BINANCE_REST_URL": f"http://127.0.0.1:{port}"}
 
 
 class StreamServices:
@@ -41,6 +49,21 @@ class StreamServices:
     def restart(self, name: str, extra_args: list[str] | None = None, env: dict[str, str] | None = None) -> int:
         self.stop(name)
         return self.start(name, extra_args, env)
+
+    def start_all(self, *, emulator_rate: float | None = None) -> None:
+        """The live path: (the Binance emulator,) the producer and the Spark job, in that order."""
+        env: dict[str, str] = {}
+        if emulator_rate is not None:
+            port = env_port(EMULATOR_PORT_VARIABLE, 18765, component="stream")
+            self.start("binance-emulator", ["--port", str(port), "--rate", str(emulator_rate),
+                                            "--symbols", ",".join(config.symbols())])
+            env = emulator_urls(port)
+        self.start("producer", env=env)
+        self.start("spark-job")
+
+    def stop_all(self) -> None:
+        for name in reversed(list(SERVICES)):
+            self.stop(name)
 
     def status(self) -> dict[str, dict[str, object]]:
         return {name: {"running": process.is_running(), "pid": process.pid(), "log": str(process.log_file)}

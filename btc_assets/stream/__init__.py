@@ -1,0 +1,1 @@
+"""The long-running live services: the Binance WebSocket -> Kafka producer and its Binance emulator."""

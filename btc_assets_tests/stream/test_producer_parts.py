@@ -1,0 +1,102 @@
+"""The producer's pure parts without Kafka: message splitting, REST rows as events, backoff, stream URLs, the emulator's REST."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+
+from btc_assets.lib import schema
+from btc_assets.lib.schema import MalformedTrade
+from btc_assets.stream.binance_emulator import BinanceEmulator, parse_streams, websocket_accept
+from btc_assets.stream.producer import (Backoff, event_from_historical_trade, is_server_shutdown, split_message,
+                                        stream_url)
+
+TRADE = (b'{"e":"trade","E":1743465600125,"s":"BTCUSDT","t":4711,"p":"82345.67000000",'
+         b'"q":"0.00150000","T":1743465600121,"m":true,"M":true}')
+
+
+def test_a_raw_stream_message_is_kept_whole():
+    stream, event, value = split_message(TRADE)
+    assert stream is None and value is TRADE and event[schema.EVENT_TRADE_ID] == 4711
+
+
+@pytest.mark.parametrize("envelope", [
+    b'{"stream":"btcusdt@trade","data":%s}',  # Binance's compact form
+    b'{ "stream" : "btcusdt@trade",\n  "data" :  %s  }',  # any other spelling of the same JSON
+    b'{"data":%s,"stream":"btcusdt@trade"}',
+])
+def test_a_combined_stream_message_yields_the_data_object_bytes_as_received(envelope):
+    stream, event, value = split_message(envelope % TRADE)
+    assert stream == "btcusdt@trade" and value == TRADE and event == json.loads(TRADE)
+
+
+@pytest.mark.parametrize("message", [TRADE[:40], b'{"stream":"btcusdt@trade","data":' + TRADE, b"\xff\xfe", b""])
+def test_what_is_not_json_is_malformed(message):
+    with pytest.raises(MalformedTrade) as raised:
+        split_message(message)
+    assert raised.value.reason == "invalid_json"
+
+
+def test_server_shutdown_is_recognised_raw_and_combined():
+    assert is_server_shutdown(b'{"e":"serverShutdown","E":1770123456789}')
+    assert is_server_shutdown(b'{"stream":"!serverShutdown","data":{"e":"serverShutdown","E":1770123456789}}')
+    assert not is_server_shutdown(TRADE)
+    assert not is_server_shutdown(b'{"e":"serverShutdown"')
+
+
+def test_a_historical_trade_becomes_a_websocket_event():
+    row = {"id": 4712, "price": "82345.68000000", "qty": "0.01000000", "quoteQty": "823.45680000",
+           "time": 1743465600121, "isBuyerMaker": False, "isBestMatch": True}
+    event = event_from_historical_trade("BTCUSDT", row)
+    assert json.dumps(event, separators=(",", ":")) == (
+        '{"e":"trade","E":1743465600121,"s":"BTCUSDT","t":4712,"p":"82345.68000000",'
+        '"q":"0.01000000","T":1743465600121,"m":false,"M":true}')
+    trade = schema.trade_from_event(event)
+    assert (trade.trade_id, trade.price, trade.is_buyer_maker) == (4712, "82345.68000000", False)
+
+
+def test_backoff_is_exponential_with_full_jitter_capped_and_reset():
+    backoff = Backoff(first_s=1.0, cap_s=60.0)
+    ceilings = [1, 2, 4, 8, 16, 32, 60, 60]
+    for ceiling in ceilings:
+        delays = []
+        for _ in range(200):
+            backoff.attempt = ceilings.index(ceiling)
+            delays.append(backoff.next_delay())
+        assert 0.0 <= min(delays) and max(delays) <= ceiling
+        assert max(delays) > ceiling * 0.8  # the whole window is used: full jitter
+    backoff.reset()
+    assert backoff.attempt == 0 and backoff.next_delay() <= 1.0
+
+
+def test_one_symbol_uses_a_raw_stream_several_a_combined_one():
+    assert stream_url("wss://stream.binance.com:9443", ["BTCUSDT"]) == "wss://stream.binance.com:9443/ws/btcusdt@trade"
+    assert stream_url("wss://stream.binance.com:9443/", ["BTCUSDT", "ETHUSDT"]) == \
+        "wss://stream.binance.com:9443/stream?streams=btcusdt@trade/ethusdt@trade"
+
+
+def test_emulator_stream_urls_and_handshake():
+    assert parse_streams("/ws/btcusdt@trade", "", ("BTCUSDT",)) == (("BTCUSDT",), False)
+    assert parse_streams("/stream", "streams=btcusdt@trade/ethusdt@trade", ("BTCUSDT", "ETHUSDT")) == \
+        (("BTCUSDT", "ETHUSDT"), True)
+    assert parse_streams("/ws/xrpusdt@trade", "", ("BTCUSDT",)) is None
+    assert websocket_accept("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # RFC 6455's example
+
+
+def test_emulator_rest_serves_historical_trades_like_binance():
+    with BinanceEmulator(("BTCUSDT",), trades=3_000, seed=9) as binance:
+        binance._emit(3_000)  # the market, without waiting for a client
+        ids = binance.generated_ids("BTCUSDT")
+        url = binance.base_url + "/api/v3/historicalTrades"
+        rows = requests.get(url, params={"symbol": "BTCUSDT", "fromId": ids[100], "limit": 1000}, timeout=5).json()
+        assert [row["id"] for row in rows] == ids[100:1100]
+        event = binance.event("BTCUSDT", ids[100])
+        assert rows[0]["price"] == event["p"] and rows[0]["qty"] == event["q"] and rows[0]["time"] == event["T"]
+        assert float(rows[0]["quoteQty"]) == pytest.approx(float(event["p"]) * float(event["q"]), abs=1e-8)
+        latest = requests.get(url, params={"symbol": "BTCUSDT", "limit": 5}, timeout=5).json()
+        assert [row["id"] for row in latest] == ids[-5:]
+        assert requests.get(url, params={"symbol": "NOPE"}, timeout=5).status_code == 400
+        requests.post(binance.base_url + "/control/rest?status=503", timeout=5).raise_for_status()
+        assert requests.get(url, params={"symbol": "BTCUSDT"}, timeout=5).status_code == 503
