@@ -68,6 +68,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BTC_BINANCE_HISTORY_URL", "https://data.binance.vision", "Binance public data (daily trade files)"),
 )
 
+# The Spark streaming job's own settings (btc_assets/stream/spark_job.py reads them).
+STREAM_SETTINGS = (
+    Setting("BTC_STREAM_TRIGGER", "1 second", "Spark streaming job: micro-batch trigger interval"),
+    Setting("BTC_STREAM_WATERMARK", "2 minutes",
+            "Spark streaming job: how late a trade may arrive and still count in its minute bar"),
+    Setting("BTC_STREAM_SHUFFLE_PARTITIONS", "2", "Spark streaming job: shuffle (state) partitions"),
+    Setting("BTC_STREAM_MAX_OFFSETS_PER_TRIGGER", "200000",
+            "Spark streaming job: most Kafka records one micro-batch reads"),
+    Setting("BTC_STREAM_INFLUX_RETRY_SECONDS", "600",
+            "Spark streaming job: how long a batch keeps retrying an unreachable InfluxDB before it fails"),
+    Setting("BTC_STREAM_HEALTH_SECONDS", "5", "Spark streaming job: pipeline_health interval"),
+)
+SETTINGS += STREAM_SETTINGS
+
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
 
 

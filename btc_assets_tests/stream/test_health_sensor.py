@@ -1,0 +1,68 @@
+"""The stream health sensor against the real stack: a healthy stream is observed with its lag; a stopped one gets a restart run."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import dagster as dg
+
+from btc_assets.defs.resources import InfluxResource, KafkaResource, StorageResource, StreamResource
+from btc_assets.defs.stream.sensors import stream_health_sensor
+from btc_assets.stream import spark_job
+from btc_assets_tests.stream.spark_fixtures import (TradeFeed, market_slice, new_case, trade_count, trade_messages,
+                                                    wait_for)
+
+
+def sensor_resources(case, stall_seconds: float) -> dict:
+    env = os.environ
+    return {
+        "kafka": KafkaResource(bootstrap_servers=case.bootstrap, topic_template=case.settings.topic_template),
+        "storage": StorageResource(filesystem_url=env["BTC_HDFS_URL"], webhdfs_url=env["BTC_WEBHDFS_URL"],
+                                   root=case.settings.checkpoint_root.removeprefix(env["BTC_HDFS_URL"])),
+        "influx": InfluxResource(url=env["BTC_INFLUX_URL"], org=env["BTC_INFLUX_ORG"], bucket=case.settings.influx_bucket,
+                                 read_token=env["BTC_INFLUX_READ_TOKEN"]),
+        "stream": StreamResource(stall_seconds=stall_seconds, cooldown_seconds=600),
+    }
+
+
+def evaluate(resources: dict, instance, cursor=None):
+    context = dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor)
+    return stream_health_sensor(context)
+
+
+def observation(result, key: str) -> dict:
+    (event,) = [event for event in result.asset_events if event.asset_key == dg.AssetKey(key)]
+    return {name: value.value for name, value in event.metadata.items()}
+
+
+def test_healthy_stream_is_observed_and_a_stopped_one_restarted(stack, spark, monkeypatch):
+    monkeypatch.setenv("BTC_SYMBOLS", "BTCUSDT")
+    case = new_case(uuid.uuid4().hex[:10], ("BTCUSDT",))
+    market = market_slice(("BTCUSDT",), 3_000, seed=21, day_size=400_000)
+    job = spark_job.start_job(case.settings, spark)
+    instance = dg.DagsterInstance.ephemeral()
+    try:
+        TradeFeed(case.bootstrap, trade_messages(market, case.settings.topic_template)).start().join()
+        wait_for(lambda: trade_count(case.admin) >= market.count, 180, "trades in InfluxDB")
+        time.sleep(3 * case.settings.health_seconds)  # a heartbeat after the last batch
+
+        healthy = evaluate(sensor_resources(case, stall_seconds=60), instance)
+        assert not healthy.run_requests
+        trades = observation(healthy, "live_trades")
+        assert trades["end_offsets"] == market.count
+        assert trades["lag"] == 0
+        assert trades["seconds_since_health"] < 60
+        assert observation(healthy, "trade_topics")["records"] == market.count
+    finally:
+        job.stop()
+
+    time.sleep(4)  # no heartbeat any more: past a 3-second stall threshold
+    stopped = evaluate(sensor_resources(case, stall_seconds=3), instance)
+    assert len(stopped.run_requests) == 1
+    assert "heartbeat" in stopped.run_requests[0].tags["reason"]
+    again = evaluate(sensor_resources(case, stall_seconds=3), instance, cursor=stopped.cursor)
+    assert not again.run_requests  # one request per cooldown, not one a minute
+    for step in case.cleanup:
+        step()
