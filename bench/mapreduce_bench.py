@@ -22,9 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from btc_assets.defs.batch.assets import compute_minute_bars, day_path  # noqa: E402
-from btc_assets.defs.resources import MapReduceResource, StorageResource  # noqa: E402
-from btc_assets.lib import config, generator  # noqa: E402
-from btc_assets.lib.stack.manager import LocalStack  # noqa: E402
+from btc_assets.defs.resources import MapReduceResource  # noqa: E402
+from btc_assets.lib import generator  # noqa: E402
+from bench.stack_env import bench_storage, use_running_stack  # noqa: E402
 
 SYMBOL, DAY = "BTCUSDT", "2025-04-01"
 ORIGINAL_PROJECT_TRADES_PER_S = 51_000  # 61M trades in ~20 minutes
@@ -52,15 +52,10 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1, help="timed runs of each path (best is reported)")
     args = parser.parse_args()
 
-    stack = LocalStack()
-    if not stack.services["hadoop"].is_running():
-        print("the local stack is not running: ./pipeline stack up hadoop", file=sys.stderr)
+    if not use_running_stack("hadoop"):
         return 2
-    stack.apply_env()
-    config.load_profile_env()
     env = os.environ
-    storage = StorageResource(filesystem_url=env["BTC_HDFS_URL"], webhdfs_url=env["BTC_WEBHDFS_URL"],
-                              root="/btc-bench").storage
+    storage = bench_storage("/btc-bench")
     mapreduce = MapReduceResource(framework="local", hadoop_classpath=env["BTC_HADOOP_CLASSPATH"],
                                   streaming_jar=env["BTC_HADOOP_STREAMING_JAR"], conf_dir=env["HADOOP_CONF_DIR"],
                                   hdfs_url=env["BTC_HDFS_URL"])

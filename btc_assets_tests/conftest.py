@@ -25,6 +25,9 @@ def stack():
     config.load_profile_env()
     yield local
     if started_here and os.environ.get("BTC_KEEP_STACK") != "1":
+        from btc_assets.lib.stream_service import StreamServices
+
+        StreamServices(local.paths.state_dir).stop_all()
         local.down()
 
 

@@ -70,7 +70,9 @@ SETTINGS: tuple[Setting, ...] = (
 
 # The Spark streaming job's own settings (btc_assets/stream/spark_job.py reads them).
 STREAM_SETTINGS = (
-    Setting("BTC_STREAM_TRIGGER", "1 second", "Spark streaming job: micro-batch trigger interval"),
+    Setting("BTC_STREAM_TRIGGER", "0 seconds",
+            "Spark streaming job: trigger of the trades query (0: each micro-batch right after the last)"),
+    Setting("BTC_STREAM_BARS_TRIGGER", "5 seconds", "Spark streaming job: trigger of the minute-bars query"),
     Setting("BTC_STREAM_WATERMARK", "2 minutes",
             "Spark streaming job: how late a trade may arrive and still count in its minute bar"),
     Setting("BTC_STREAM_SHUFFLE_PARTITIONS", "2", "Spark streaming job: shuffle (state) partitions"),

@@ -838,11 +838,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--date", default="2025-04-01", help="the generated day the trades are drawn from")
     parser.add_argument("--garbage-ratio", type=float, default=0.0, help="share of messages that are malformed")
     parser.add_argument("--ping-interval", type=float, default=20.0, help="seconds between pings (Binance: 20)")
+    parser.add_argument("--history-limit", type=int, default=200_000,
+                        help="trades kept for historicalTrades and the sent counters (memory)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     emulator = BinanceEmulator(tuple(args.symbols.split(",")), trades=args.trades, rate=args.rate, seed=args.seed,
                                date=args.date, garbage_ratio=args.garbage_ratio, ping_interval=args.ping_interval,
-                               history_limit=200_000, record_payloads=False, port=args.port)
+                               history_limit=args.history_limit, record_payloads=False, port=args.port)
     stopped = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())

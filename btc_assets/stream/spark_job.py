@@ -93,7 +93,8 @@ class StreamSettings:
     replication: int = 1
     influx_org: str = schema.DEFAULT_ORG
     influx_bucket: str = schema.DEFAULT_BUCKET
-    trigger: str = "1 second"
+    trigger: str = "0 seconds"  # the trades query: back to back, for latency
+    bars_trigger: str = "5 seconds"  # the bars query: a minute bar needs no sub-second refresh
     watermark: str = "2 minutes"
     shuffle_partitions: int = 2
     max_offsets_per_trigger: int = 200_000
@@ -142,6 +143,7 @@ class StreamSettings:
             influx_token=os.environ.get("BTC_INFLUX_WRITE_TOKEN", ""),
             checkpoint_root=config.get("BTC_HDFS_URL").rstrip("/") + config.get("BTC_STORAGE_ROOT"),
             trigger=env["BTC_STREAM_TRIGGER"],
+            bars_trigger=env["BTC_STREAM_BARS_TRIGGER"],
             watermark=env["BTC_STREAM_WATERMARK"],
             shuffle_partitions=int(env["BTC_STREAM_SHUFFLE_PARTITIONS"]),
             max_offsets_per_trigger=int(env["BTC_STREAM_MAX_OFFSETS_PER_TRIGGER"]),
@@ -602,7 +604,7 @@ class SparkStreamJob:
                         .dropDuplicatesWithinWatermark(["symbol", "trade_id"]))
         return (minute_partials(deduplicated).writeStream.queryName(COMPONENTS[BARS])
                 .outputMode("update")
-                .trigger(processingTime=self.settings.trigger)
+                .trigger(processingTime=self.settings.bars_trigger)
                 .option("checkpointLocation", self.settings.checkpoint(BARS))
                 .foreachBatch(self.writers[BARS])
                 .start())

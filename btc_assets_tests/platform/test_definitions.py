@@ -12,12 +12,14 @@ from btc_assets.definitions import defs
 from btc_assets.lib.stack.base import REPO_ROOT
 
 PLATFORM_ASSETS = {"trade_topics", "influx_bucket"}
+EVERY_ASSET = PLATFORM_ASSETS | {"raw_trades", "minute_bars", "live_trades", "live_bars", "training_set",
+                                 "lr_model", "rf_model", "gbt_model", "persistence_model"}
 
 
 def test_definitions_validate_and_list_assets():
     dg.Definitions.validate_loadable(defs)
     keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
-    assert PLATFORM_ASSETS <= keys
+    assert keys == EVERY_ASSET
     for key in keys:
         spec = defs.resolve_assets_def(key)
         assert spec.descriptions_by_key[dg.AssetKey.from_user_string(key)], f"{key} has no description"

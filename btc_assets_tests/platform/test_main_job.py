@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
 from btc_assets.lib.stack.base import REPO_ROOT
+from btc_assets.lib.stream_service import StreamServices
 
 
 def run_demo(home) -> subprocess.CompletedProcess:
@@ -16,6 +18,14 @@ def run_demo(home) -> subprocess.CompletedProcess:
 
 
 def test_demo_runs_twice(stack, tmp_path):
+    try:
+        demo_twice(tmp_path)
+    finally:
+        StreamServices(stack.paths.state_dir).stop_all()  # the demo leaves the live path running
+    assert stack.is_up()
+
+
+def demo_twice(tmp_path):
     for attempt in (1, 2):
         result = run_demo(tmp_path)
         output = result.stdout + result.stderr
@@ -27,4 +37,4 @@ def test_demo_runs_twice(stack, tmp_path):
         assert "bars from 20,000 trades" in output
         assert "checks: trades_conserved ok, volume_conserved ok, ohlc_consistent ok, bars_inside_day ok, " \
                "trade_ids_contiguous ok" in output
-    assert stack.is_up()
+        assert re.search(r"live: [\d,]+ trades and \d+ minute bars in InfluxDB", output), output[-3000:]

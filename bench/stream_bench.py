@@ -1,0 +1,211 @@
+"""Live-path benchmark: Binance emulator -> producer -> Kafka -> Spark Structured Streaming -> InfluxDB.
+
+    ./pipeline stack up && .venv/bin/python bench/stream_bench.py [--rates 2000,5000,10000,15000] [--seconds 20]
+
+The emulator, the producer and the Spark job run as separate processes (as in production: no shared
+GIL), on their own topic, bucket and checkpoints, so the numbers never mix with other data; the
+emulator's control endpoint sets the rate and pauses it between phases.
+  * Latency at 300 trades/s for ``--latency-seconds``: a poller asks InfluxDB every 100 ms for the
+    trades that appeared since its last look; latency = when a trade became queryable - its trade time
+    (the emulator stamps T with the wall clock when it sends the trade). p50/p99 are printed.
+  * Throughput: the emulator at each rate for ``--seconds``; a rate counts as sustained when every
+    trade sent landed and the last one landed within ``--slack`` seconds of the last send (the
+    pipeline kept up instead of building a backlog). At the end every trade id must be in InfluxDB
+    exactly once.
+The reference in the same script is the emulator's own send rate (what Binance would deliver):
+the ratio printed is landed/sent throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from btc_assets.lib import schema  # noqa: E402
+from btc_assets.lib.influx import Influx  # noqa: E402
+from bench.stack_env import use_running_stack  # noqa: E402
+
+SYMBOL = "BTCUSDT"
+
+
+def count_ids(reader: Influx) -> tuple[int, int]:
+    """(points, distinct trade ids) of the trades measurement."""
+    base = (f'from(bucket: "{reader.bucket}") |> range(start: 0)\n'
+            f'  |> filter(fn: (r) => r._measurement == "{schema.TRADES_MEASUREMENT}" and r._field == "trade_id")\n'
+            f'  |> group()')
+    points = reader.query(base + " |> count()")
+    distinct = reader.query(base + ' |> distinct(column: "_value") |> count()')
+    return (points[0]["_value"] if points else 0), (distinct[0]["_value"] if distinct else 0)
+
+
+class LatencyProbe(threading.Thread):
+    """Polls InfluxDB for trades newer than the last seen and records now - trade time for each."""
+
+    def __init__(self, reader: Influx):
+        super().__init__(daemon=True)
+        self.reader, self.latencies, self.stopping = reader, [], threading.Event()
+
+    def run(self) -> None:
+        since = time.time() - 5
+        while not self.stopping.is_set():
+            started = time.time()
+            rows = self.reader.query(
+                f'from(bucket: "{self.reader.bucket}") |> range(start: time(v: {int(since * 1e9)}))\n'
+                f'  |> filter(fn: (r) => r._measurement == "{schema.TRADES_MEASUREMENT}" and r._field == "trade_id")')
+            seen = time.time()
+            for row in rows:
+                trade_time = row["_time"].timestamp()
+                self.latencies.append(seen - trade_time)
+                since = max(since, trade_time + 1e-6)
+            time.sleep(max(0.0, 0.1 - (time.time() - started)))
+
+
+class Services:
+    """The emulator, the producer and the Spark job as separate processes, as they run for real."""
+
+    def __init__(self, run: str, bucket: str, port: int):
+        self.port, self.template = port, "{symbol}-TRADES-bench-" + run
+        self.env = dict(os.environ, BTC_SYMBOLS=SYMBOL, BTC_KAFKA_TOPIC_TEMPLATE=self.template,
+                        BTC_INFLUX_BUCKET=bucket, BTC_STORAGE_ROOT=f"/btc-bench/stream-{run}")
+        self.logs = Path(tempfile.mkdtemp(prefix="btc-stream-bench-"))
+        self.processes: list[subprocess.Popen] = []
+
+    def start(self, name: str, *args: str) -> None:
+        log = open(self.logs / f"{name}.log", "w")
+        self.processes.append(subprocess.Popen([sys.executable, "-m", *args], env=self.env, stdout=log,
+                                               stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1]))
+
+    def control(self, command: str, **query) -> dict:
+        url = f"http://127.0.0.1:{self.port}/control/{command}"
+        if command == "stats":
+            return requests.get(url, timeout=10).json()
+        return requests.post(url, params=query, timeout=10).json()
+
+    def sent(self) -> int:
+        return self.control("stats")["sent"].get(SYMBOL, 0)
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.send_signal(signal.SIGTERM)
+        for process in reversed(self.processes):
+            try:
+                process.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def wait_for(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.5)
+    return False
+
+
+def run_phase(services: Services, reader: Influx, rate: float, seconds: float, slack: float,
+              probe: bool = False) -> dict:
+    landed_before, _ = count_ids(reader)
+    sent_before = services.sent()
+    latency = LatencyProbe(reader) if probe else None
+    services.control("rate", value=rate)
+    started = time.monotonic()
+    services.control("resume")
+    if latency:
+        latency.start()
+    time.sleep(seconds)
+    services.control("pause")
+    sent_done = time.monotonic()
+    sent = services.sent() - sent_before
+    wait_for(lambda: count_ids(reader)[0] - landed_before >= sent, max(120.0, seconds * 4))
+    landed_done = time.monotonic()
+    if latency:
+        time.sleep(1)
+        latency.stopping.set()
+        latency.join()
+    landed = count_ids(reader)[0] - landed_before
+    result = {"rate": rate, "trades": sent, "landed": landed, "complete": landed == sent,
+              "throughput": landed / (landed_done - started), "kept_up": landed_done - sent_done <= slack,
+              "sent_per_s": sent / (sent_done - started)}
+    if latency and latency.latencies:
+        ordered = sorted(latency.latencies)
+        result["p50"] = statistics.median(ordered)
+        result["p99"] = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rates", default="2000,5000,10000,15000")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--latency-seconds", type=float, default=60.0)
+    parser.add_argument("--slack", type=float, default=10.0)
+    parser.add_argument("--port", type=int, default=18799, help="the emulator's port")
+    args = parser.parse_args()
+
+    if not use_running_stack():
+        return 2
+    run = uuid.uuid4().hex[:8]
+    admin = Influx(os.environ["BTC_INFLUX_URL"], os.environ["BTC_INFLUX_ORG"], "", os.environ["BTC_INFLUX_TOKEN"])
+    bucket = f"bench-{run}"
+    bucket_id = admin.ensure_bucket(bucket)
+    reader = Influx(os.environ["BTC_INFLUX_URL"], os.environ["BTC_INFLUX_ORG"], bucket,
+                    os.environ["BTC_INFLUX_READ_TOKEN"])
+    services = Services(run, bucket, args.port)
+    results = []
+    try:
+        services.start("spark-job", "btc_assets.stream.spark_job", "--log-level", "WARNING")
+        if not wait_for(lambda: reader.query(
+                f'from(bucket: "{bucket}") |> range(start: -5m) '
+                f'|> filter(fn: (r) => r._measurement == "{schema.HEALTH_MEASUREMENT}") |> limit(n: 1)'), 180):
+            print(f"the Spark job did not start; see {services.logs}", file=sys.stderr)
+            return 1
+        services.start("binance-emulator", "btc_assets.stream.binance_emulator", "--port", str(args.port),
+                       "--rate", "300", "--symbols", SYMBOL, "--seed", "7", "--history-limit", "20000000")
+        time.sleep(2)
+        services.control("pause")
+        services.start("producer", "btc_assets.stream.producer", "--ws-url", f"ws://127.0.0.1:{args.port}",
+                       "--rest-url", f"http://127.0.0.1:{args.port}", "--no-resume", "--log-level", "WARNING")
+        wait_for(lambda: services.control("stats")["open_connections"] > 0, 60)
+        print(f"latency run: 300 trades/s for {args.latency_seconds:.0f}s …", flush=True)
+        results.append(run_phase(services, reader, 300, args.latency_seconds, args.slack, probe=True))
+        for rate in (float(value) for value in args.rates.split(",")):
+            print(f"throughput run: {rate:,.0f} trades/s for {args.seconds:.0f}s …", flush=True)
+            results.append(run_phase(services, reader, rate, args.seconds, args.slack))
+        points, distinct = count_ids(reader)
+        total_sent = services.sent()
+    finally:
+        services.stop()
+        admin.client.buckets_api().delete_bucket(bucket_id)
+    print("\n| target rate (trades/s) | sent | sent/s | landed | landed/s | kept up | p50 | p99 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for result in results:
+        latency = (f"{result['p50']:.2f} s | {result['p99']:.2f} s" if "p50" in result else "- | -")
+        print(f"| {result['rate']:,.0f} | {result['trades']:,} | {result['sent_per_s']:,.0f} | {result['landed']:,} | "
+              f"{result['throughput']:,.0f} | {'yes' if result['kept_up'] else 'no'} | {latency} |")
+    exactly_once = points == distinct == total_sent
+    print(f"\nevery trade id exactly once in InfluxDB: {'yes' if exactly_once else 'NO'} "
+          f"({points:,} points, {distinct:,} distinct ids, {total_sent:,} sent)")
+    sustained = [r["sent_per_s"] for r in results if r["complete"] and r["kept_up"]]
+    print(f"sustained with zero loss: {max(sustained):,.0f} trades/s (ratio landed/sent in the same run: "
+          f"{max(r['throughput'] / r['sent_per_s'] for r in results if r['complete']):.2f})"
+          if sustained else "no rate sustained")
+    return 0 if exactly_once else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
