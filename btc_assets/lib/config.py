@@ -72,7 +72,8 @@ SETTINGS: tuple[Setting, ...] = (
 STREAM_SETTINGS = (
     Setting("BTC_STREAM_TRIGGER", "0 seconds",
             "Spark streaming job: trigger of the trades query (0: each micro-batch right after the last)"),
-    Setting("BTC_STREAM_BARS_TRIGGER", "5 seconds", "Spark streaming job: trigger of the minute-bars query"),
+    Setting("BTC_STREAM_BARS_TRIGGER", "10 seconds",
+            "Spark streaming job: trigger of the minute-bars query (less often leaves the trades query room)"),
     Setting("BTC_STREAM_WATERMARK", "2 minutes",
             "Spark streaming job: how late a trade may arrive and still count in its minute bar"),
     Setting("BTC_STREAM_SHUFFLE_PARTITIONS", "2", "Spark streaming job: shuffle (state) partitions"),

@@ -94,7 +94,7 @@ class StreamSettings:
     influx_org: str = schema.DEFAULT_ORG
     influx_bucket: str = schema.DEFAULT_BUCKET
     trigger: str = "0 seconds"  # the trades query: back to back, for latency
-    bars_trigger: str = "5 seconds"  # the bars query: a minute bar needs no sub-second refresh
+    bars_trigger: str = "10 seconds"  # the bars query: a minute bar needs no sub-second refresh
     watermark: str = "2 minutes"
     shuffle_partitions: int = 2
     max_offsets_per_trigger: int = 200_000
@@ -679,6 +679,9 @@ class SparkStreamJob:
         if time.monotonic() < self._restart_at[name]:
             return
         try:
+            # Each query in its own scheduler pool: with FAIR scheduling (build_spark) a bars batch
+            # no longer holds both cores while a small trades batch waits behind it.
+            self.spark.sparkContext.setLocalProperty("spark.scheduler.pool", name)
             self.queries[name] = self._trades_query() if name == TRADES else self._bars_query()
             log.info("query %s running (checkpoint %s)", stats.component, self.settings.checkpoint(name))
         except Exception as error:  # noqa: BLE001 - e.g. HDFS unreachable: try again later
@@ -767,7 +770,8 @@ def build_spark(settings: StreamSettings) -> SparkSession:
     from btc_assets.lib.spark import SparkSettings, build_session
 
     extra = {"spark.sql.shuffle.partitions": str(settings.shuffle_partitions),
-             "spark.sql.execution.arrow.pyspark.enabled": "true"}
+             "spark.sql.execution.arrow.pyspark.enabled": "true",
+             "spark.scheduler.mode": "FAIR"}
     if os.environ.get("PYSPARK_GATEWAY_SECRET"):  # under spark-submit: its --master/--jars/--packages rule
         builder = SparkSession.builder.appName("btc-spark-stream")
         for key, value in extra.items():

@@ -54,7 +54,9 @@ def test_three_drops_with_skipped_ids_are_backfilled(kafka_bootstrap, topic_temp
     assert trade_ids(records) == binance.generated_ids("BTCUSDT")
     assert len(binance.skipped_ids("BTCUSDT")) == 17 + 250 + 1_500
     assert stats["reconnects"] == 3
-    assert stats["backfilled"] == 17 + 250 + 1_500
+    # Every skipped id came from REST; so may a few trades the emulator had written to a socket it
+    # then dropped (they never reached the producer): still each id exactly once, checked above.
+    assert stats["backfilled"] >= 17 + 250 + 1_500
     assert stats["produced"] == 12_000
     assert stats["gaps_unfilled"] == stats["duplicates_dropped"] == 0
     skipped = binance.skipped_ids("BTCUSDT")[0]
