@@ -20,7 +20,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from btc_assets.lib import config
+from btc_assets.lib import config, schema
 from btc_assets.lib.stack.base import REPO_ROOT, StackError, progress
 
 
@@ -118,23 +118,39 @@ def cmd_demo(args) -> int:
     stack.up()
     print_status(stack)
     env = dagster_env(stack)
-    from btc_assets.demo import demo_steps
+    from btc_assets import demo
 
+    logs = stack.paths.state_dir / "demo-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    steps = demo.demo_steps(args)
     with history_source(args, stack, env):
-        logs = stack.paths.state_dir / "demo-logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        for number, (title, command) in enumerate(demo_steps(args), start=1):
+        for number, (title, command) in enumerate(steps, start=1):
             if run_step(f"{number:02d}", title, command, env, logs) != 0:
                 return 1
-    if args.source == "emulator" and not args.no_stream and demo_live(stack) != 0:
-        return 1
+    if not demo.trains_models(args) and not args.no_models:
+        progress("demo", f"models skipped: training needs {demo.MIN_TRAINING_DAYS} days of history (--days)")
+    if args.source == "emulator" and not args.no_stream:
+        if demo_live(stack, warmup_minutes=demo.WARMUP_MINUTES if demo.trains_models(args) else 0.0) != 0:
+            return 1
+        if demo.trains_models(args):
+            for round_number in range(1, demo.PREDICTION_ROUNDS + 1):
+                if round_number > 1:
+                    wait_for_next_minute()
+                elif wait_for_live_bars(stack) != 0:
+                    return 1
+                title, command = demo.prediction_step(round_number)
+                if run_step(f"{len(steps) + round_number:02d}", title, command, env, logs) != 0:
+                    return 1
     progress("demo", f"done in {time.monotonic() - started:.0f}s; the stack keeps running "
                      "(`btc-pipeline stack down` stops it; `dagster dev` shows the runs)")
     return 0
 
 
+# What a step's log says worth showing: a check's verdict, a symbol's day ("BTCUSDT 2025-04-01: ..."),
+# a model's figures ("gbt: trained in ...", "seed rf: ...").
+_MODEL_NAMES = "|".join(schema.MODELS)
 STEP_SUMMARY = re.compile(r" - (?:INFO|DEBUG) - .* - (?:\w+ - )?(?:(?P<check>Asset check '\w+' on '\w+' "
-                          r"(?:passed|failed))|(?P<fact>[A-Z0-9]+ \d{4}-\d\d-\d\d: .*))\.?$")
+                          rf"(?:passed|failed))|(?P<fact>(?:[A-Z0-9]+ \d{{4}}-\d\d-\d\d|(?:seed )?(?:{_MODEL_NAMES})): .*))\.?$")
 
 
 def run_step(number: str, title: str, command: list[str], env: dict[str, str], logs: Path,
@@ -192,18 +208,23 @@ def cmd_backfill(args) -> int:
     return 0
 
 
-def demo_live(stack, timeout_s: float = 300.0) -> int:
-    """Start the live path on the emulator and wait until its trades and minute bars are in InfluxDB."""
-    from btc_assets.lib import schema
+def _reader(stack):
     from btc_assets.lib.influx import Influx
+
+    env = stack.env()
+    return Influx(env["BTC_INFLUX_URL"], env["BTC_INFLUX_ORG"], env["BTC_INFLUX_BUCKET"], env["BTC_INFLUX_READ_TOKEN"])
+
+
+def demo_live(stack, timeout_s: float = 300.0, warmup_minutes: float = 0.0) -> int:
+    """Start the live path on the emulator and wait until its trades and minute bars are in InfluxDB."""
     from btc_assets.lib.stream_service import StreamServices
 
     stack.apply_env()
     services = StreamServices(stack.paths.state_dir)
-    progress("demo", "live: Binance emulator (300 trades/s) -> producer -> Kafka -> Spark -> InfluxDB …")
-    services.start_all(emulator_rate=300.0)
-    env = stack.env()
-    reader = Influx(env["BTC_INFLUX_URL"], env["BTC_INFLUX_ORG"], env["BTC_INFLUX_BUCKET"], env["BTC_INFLUX_READ_TOKEN"])
+    warmup = f", opening {warmup_minutes:.0f} minutes in the past" if warmup_minutes else ""
+    progress("demo", f"live: Binance emulator (300 trades/s{warmup}) -> producer -> Kafka -> Spark -> InfluxDB …")
+    services.start_all(emulator_rate=300.0, warmup_minutes=warmup_minutes)
+    reader = _reader(stack)
 
     def count(measurement: str) -> int:
         rows = reader.query(f'from(bucket: "{reader.bucket}") |> range(start: -15m)\n'
@@ -228,6 +249,37 @@ def demo_live(stack, timeout_s: float = 300.0) -> int:
     return 1
 
 
+def wait_for_live_bars(stack, timeout_s: float = 300.0) -> int:
+    """Wait until every symbol has the complete live bars one scored prediction needs (features + the next bar)."""
+    from btc_assets.lib import features, predictions
+
+    needed = features.LOOKBACK_BARS + 1
+    reader = _reader(stack)
+    deadline = time.monotonic() + timeout_s
+    counts: dict[str, int] = {}
+    try:
+        while time.monotonic() < deadline:
+            bars = predictions.read_live_bars(reader, config.symbols(), predictions.history_minutes(60))
+            counts = predictions.bars_per_symbol(predictions.complete_bars(bars, time.time()))
+            if all(counts.get(symbol, 0) >= needed for symbol in config.symbols()):
+                progress("demo", f"    live: complete minute bars {counts}: enough to predict from")
+                return 0
+            time.sleep(5)
+    finally:
+        reader.close()
+    progress("demo", f"FAILED: fewer than {needed} complete live minute bars after {timeout_s:.0f}s: {counts}")
+    return 1
+
+
+def wait_for_next_minute() -> None:
+    """Sleep until the minute trading now is complete, so the next predictions can score its forecast."""
+    from btc_assets.lib import predictions
+
+    ready_at = (time.time() // 60 + 1) * 60 + predictions.DEFAULT_SETTLE_SECONDS + 2
+    progress("demo", f"    waiting {ready_at - time.time():.0f}s for the forecast minute to trade and complete …")
+    time.sleep(max(0.0, ready_at - time.time()))
+
+
 def cmd_test(args) -> int:
     stack = _stack()
     stack.provision()
@@ -244,7 +296,10 @@ def cmd_stream(args) -> int:
     services = StreamServices(stack.paths.state_dir)
     if args.action == "start":
         stack.up()
-        services.start_all(emulator_rate=args.rate if args.source == "emulator" else None)
+        if args.source == "emulator":
+            services.start_all(emulator_rate=args.rate, warmup_minutes=args.warmup_minutes)
+        else:
+            services.start_all()
     elif args.action == "stop":
         services.stop_all()
     for name, facts in services.status().items():
@@ -304,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--days", type=int, default=3, help="consecutive history days to process")
     add_source_options(demo, default="emulator")
     demo.add_argument("--no-stream", action="store_true", help="skip the live part (emulator -> ... -> InfluxDB)")
+    demo.add_argument("--no-models", action="store_true", help="skip training and live predictions")
     demo.set_defaults(func=cmd_demo)
 
     backfill = sub.add_parser("backfill", help="history assets for a range of days (one run per day)")
@@ -321,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--source", choices=["emulator", "binance"], default="emulator",
                         help="start: the project's Binance emulator, or the real Binance (BTC_BINANCE_*_URL)")
     stream.add_argument("--rate", type=float, default=300.0, help="start, emulator: trades per second")
+    stream.add_argument("--warmup-minutes", type=float, default=0.0,
+                        help="start, emulator: open the market this many minutes in the past (bars at once)")
     stream.set_defaults(func=cmd_stream)
 
     produce = sub.add_parser("produce", help="the WebSocket -> Kafka producer in the foreground", add_help=False)

@@ -13,6 +13,7 @@ from btc_assets.defs.batch import assets as batch_assets
 from btc_assets.defs.batch.checks import minute_bar_checks
 from btc_assets.defs.batch.schedules import history_job, history_schedule
 from btc_assets.defs.ml import assets as ml_assets
+from btc_assets.defs.ml import predictions as ml_predictions
 from btc_assets.defs.platform import assets as platform_assets
 from btc_assets.defs.stream.assets import live_bars, live_trades
 from btc_assets.defs.stream.sensors import restart_stream_job, stream_health_sensor
@@ -22,10 +23,10 @@ from btc_assets.lib.config import load_profile_env
 PROFILE = load_profile_env()
 
 defs = dg.Definitions(
-    assets=[*dg.load_assets_from_modules([platform_assets, batch_assets, ml_assets]), live_trades, live_bars],
+    assets=[*dg.load_assets_from_modules([platform_assets, batch_assets, ml_assets, ml_predictions]), live_trades, live_bars],
     asset_checks=[minute_bar_checks],
-    jobs=[history_job, restart_stream_job],
-    schedules=[history_schedule],
+    jobs=[history_job, restart_stream_job, ml_predictions.price_predictions_job],
+    schedules=[history_schedule, ml_predictions.price_predictions_schedule],
     sensors=[stream_health_sensor],
     resources=build_resources(),
 )

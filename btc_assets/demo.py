@@ -10,7 +10,12 @@ from __future__ import annotations
 import sys
 from datetime import date, timedelta
 
+from btc_assets.defs.ml.assets import MODEL_ASSETS
+
 DAGSTER = [sys.executable, "-m", "dagster"]
+MIN_TRAINING_DAYS = 3
+WARMUP_MINUTES = 30  # the emulator's market opens this far in the past: bars to predict from at once
+PREDICTION_ROUNDS = 2  # the second scores the minute the first could only forecast
 MODULE = ["-m", "btc_assets.definitions"]
 
 
@@ -33,4 +38,17 @@ def demo_steps(args) -> list[tuple[str, list[str]]]:
     for day in demo_days(args.start, args.days):
         steps.append((f"history {day}: raw trades into HDFS, MapReduce minute bars, checks",
                       materialize("raw_trades,minute_bars", partition=day)))
+    if trains_models(args):
+        steps.append(("training set and price models (LR, RF, GBT, persistence) on those days",
+                      materialize(",".join(["training_set", *MODEL_ASSETS.values()]))))
     return steps
+
+
+def trains_models(args) -> bool:
+    """Models need a chronological train / validation / test split: three days at least."""
+    return args.days >= MIN_TRAINING_DAYS and not args.no_models
+
+
+def prediction_step(round_number: int) -> tuple[str, list[str]]:
+    return (f"live predictions, round {round_number}: every saved model on the newest live bars -> InfluxDB",
+            materialize("price_predictions"))

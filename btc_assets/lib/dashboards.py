@@ -93,9 +93,47 @@ def health_dashboard() -> list[Panel]:
     ]
 
 
+PREDICTED, ACTUAL, ERROR = schema.PREDICTION_FIELDS
+ROLLING_ERROR_WINDOW = "30m"
+
+
+def _errors(transform: str) -> str:
+    """The stored prediction errors of every model, squared or made absolute by ``transform``."""
+    return ('import "math"\n' + _range(schema.PREDICTIONS_MEASUREMENT, (ERROR,))
+            + f"  |> map(fn: (r) => ({{r with _value: {transform}}}))\n")
+
+
+def predictions_dashboard() -> list[Panel]:
+    persistence = schema.MODELS[-1]
+    return [
+        Panel("Next-minute close: actual vs each model",
+              _range(schema.PREDICTIONS_MEASUREMENT, (PREDICTED, ACTUAL))
+              # The actual close is stored beside every model's prediction: show it once.
+              + f'  |> filter(fn: (r) => r._field == "{PREDICTED}" or r.{schema.MODEL_TAG} == "{persistence}")\n'
+              + "  |> aggregateWindow(every: v.windowPeriod, fn: last, createEmpty: false)",
+              (PREDICTED, ACTUAL), "currencyUSD", width=24,
+              description="Each model's price for a minute, predicted from the bars before it, and the close "
+                          f"that minute actually had ({ACTUAL} of the {persistence} series)"),
+        Panel(f"Rolling RMSE per model ({ROLLING_ERROR_WINDOW})",
+              _errors("r._value * r._value")
+              + f"  |> timedMovingAverage(every: 1m, period: {ROLLING_ERROR_WINDOW})\n"
+              + "  |> map(fn: (r) => ({r with _value: math.sqrt(x: r._value)}))",
+              (ERROR,), "currencyUSD",
+              description=f"Root mean squared error (predicted - actual) of the last {ROLLING_ERROR_WINDOW}: "
+                          f"below {persistence}'s line a model beats repeating the last close"),
+        Panel("Absolute error per minute", _errors("math.abs(x: r._value)")
+              + "  |> aggregateWindow(every: v.windowPeriod, fn: mean, createEmpty: false)",
+              (ERROR,), "currencyUSD"),
+        Panel("Latest forecast per model", _range(schema.PREDICTIONS_MEASUREMENT, (PREDICTED,)) + "  |> last()",
+              (PREDICTED,), "currencyUSD", kind="stat", width=24,
+              description="The price each model expects for the minute trading now"),
+    ]
+
+
 DASHBOARDS = {
     "btc-market": ("BTC market (live)", market_dashboard),
     "btc-pipeline-health": ("BTC pipeline health", health_dashboard),
+    "btc-predictions": ("BTC price predictions (live)", predictions_dashboard),
 }
 
 

@@ -351,9 +351,10 @@ def metrics_table(results: TrainingResults, seed: dict[str, dict] | None = None,
 
 
 def evaluation_png(predictions: pd.DataFrame, models: Sequence[str], last_minutes: int = 180,
-                   error_window: int = 60) -> bytes:
-    """A PNG of the test period: actual vs predicted price (its last ``last_minutes``), rolling RMSE over
-    time, and predicted vs actual next-minute return, for ``models`` (first symbol only)."""
+                   error_window: int = 60, period: str = "test") -> bytes:
+    """A PNG of a period's predictions (``period``: test, or live): actual vs predicted price (its last
+    ``last_minutes``), rolling RMSE over time, and predicted vs actual next-minute return, for ``models``
+    (first symbol only). Minutes whose actual is not known yet (NaN) show their prediction alone."""
     from matplotlib.figure import Figure
 
     symbol = predictions[SYMBOL].iloc[0]
@@ -374,10 +375,10 @@ def evaluation_png(predictions: pd.DataFrame, models: Sequence[str], last_minute
         if name != PERSISTENCE:
             close = frame[CLOSE].to_numpy()
             return_axes.scatter((actual / close - 1) * 1e4, (predicted / close - 1) * 1e4, s=3, alpha=0.4, label=name)
-    price_axes.set_title(f"{symbol}: next-minute close, actual vs predicted (last {last_minutes} test minutes)")
+    price_axes.set_title(f"{symbol}: next-minute close, actual vs predicted (last {last_minutes} {period} minutes)")
     price_axes.set_ylabel("USD")
     price_axes.legend(loc="upper left", fontsize=8)
-    error_axes.set_title(f"error over the test period: RMSE of the last {error_window} minutes")
+    error_axes.set_title(f"error over the {period} period: RMSE of the last {error_window} minutes")
     error_axes.set_ylabel("USD")
     error_axes.legend(loc="upper left", fontsize=8)
     return_axes.axhline(0.0, color="grey", linewidth=0.6)

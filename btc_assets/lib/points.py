@@ -2,6 +2,7 @@
 
     trades,symbol=BTCUSDT price=84123.45,quantity=0.0012,quote_quantity=100.948,is_buyer_maker=true,trade_id=4681335411i 1743465600123411411
     bars_1m,symbol=BTCUSDT trades=812i,open=84120.1,high=84130.0,...,last_trade_id=4681336222i 1743465600000000000
+    price_predictions,symbol=BTCUSDT,model=gbt predicted_price=84131.2,actual_price=84127.9,error=3.3 1743465660000000000
     pipeline_health,component=spark_trades input_rows_per_second=950.2,lag=12i 1743465601000000000
 """
 
@@ -55,6 +56,19 @@ def bar_line(symbol: str, bar: Mapping[str, object]) -> str:
         value = bar[name]
         fields[name] = int(value) if name in schema.INTEGER_BAR_FIELDS else float(value)
     return line(schema.BARS_MEASUREMENT, {schema.SYMBOL_TAG: symbol}, fields, minute_start_ns(str(bar[schema.MINUTE])))
+
+
+def prediction_line(symbol: str, model: str, minute_ns: int, predicted_price: float,
+                    actual_price: float | None = None) -> str:
+    """A model's price for the minute it predicts (at that minute's start); with the actual close once that
+    minute's bar exists, and ``error = predicted - actual`` (USD, signed)."""
+    predicted_name, actual_name, error_name = schema.PREDICTION_FIELDS
+    fields = {predicted_name: float(predicted_price)}
+    if actual_price is not None:
+        fields[actual_name] = float(actual_price)
+        fields[error_name] = float(predicted_price) - float(actual_price)
+    return line(schema.PREDICTIONS_MEASUREMENT, {schema.SYMBOL_TAG: symbol, schema.MODEL_TAG: model}, fields,
+                minute_ns)
 
 
 def health_line(component: str, fields: Mapping[str, object], time_ns: int) -> str:

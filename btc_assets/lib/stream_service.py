@@ -50,13 +50,17 @@ class StreamServices:
         self.stop(name)
         return self.start(name, extra_args, env)
 
-    def start_all(self, *, emulator_rate: float | None = None) -> None:
-        """The live path: (the Binance emulator,) the producer and the Spark job, in that order."""
+    def start_all(self, *, emulator_rate: float | None = None, warmup_minutes: float = 0.0) -> None:
+        """The live path: (the Binance emulator,) the producer and the Spark job, in that order.
+
+        ``warmup_minutes``: the emulator's market starts that far in the past (see binance_emulator).
+        """
         env: dict[str, str] = {}
         if emulator_rate is not None:
             port = env_port(EMULATOR_PORT_VARIABLE, 18765, component="stream")
             self.start("binance-emulator", ["--port", str(port), "--rate", str(emulator_rate),
-                                            "--symbols", ",".join(config.symbols())])
+                                            "--symbols", ",".join(config.symbols()),
+                                            "--warmup-minutes", str(warmup_minutes)])
             env = emulator_urls(port)
         self.start("producer", env=env)
         self.start("spark-job")

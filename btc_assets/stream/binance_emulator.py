@@ -24,7 +24,15 @@ and a small control API (also available as methods) to make the feed misbehave o
 Trades come from the trade generator (btc_assets.lib.generator): ids, prices, quantities, sides, and
 where skips and garbage fall are deterministic for a seed; trade and event times are the wall clock
 at emission (``replay_times=True`` keeps the generated times instead). With ``trades=N`` each symbol
-has exactly N trades and ``done`` is set once all were emitted; without it the market runs forever.
+has exactly N trades and ``done`` is set once all were emitted; without it the market runs forever,
+from ``first_trade_id`` on (the standalone server derives it from the clock, so a restarted emulator
+continues above the ids a producer already has in Kafka).
+
+``warmup_seconds=W`` starts the market W seconds in the past: the first trades carry times from
+then on, ``warmup_rate`` a second of that past apart on average, and go out as fast as the clients
+read until their times reach the clock; from there on the market runs at ``rate`` in real time.
+A demo thus has the last minutes of bars (and the features a live prediction needs) at once,
+as a stream that has been running for a while would.
 
 The market only trades while at least one client is connected: a client that reconnects finds
 the next trade id after the last one it was sent, so every hole it sees was made on purpose
@@ -135,12 +143,13 @@ def read_frame(stream) -> tuple[int, bytes]:
 # --- the market ----------------------------------------------------------------------------------
 
 
-def _tape(symbol: str, date: str, seed: int, trades: int | None) -> Iterator[dict]:
-    """One symbol's trades as WebSocket events, in id order: exactly ``trades`` of them, or endless."""
+def _tape(symbol: str, date: str, seed: int, trades: int | None, first_id: int | None = None) -> Iterator[dict]:
+    """One symbol's trades as WebSocket events, in id order: exactly ``trades`` of them, or endless (from
+    ``first_id``, or the generated day's first id)."""
     if trades is not None:
         yield from generator.live_events(generator.generate_day(symbol, date, seed=seed, trades=trades), seed=seed)
         return
-    day, next_id = Date.fromisoformat(date), None
+    day, next_id = Date.fromisoformat(date), first_id
     while True:
         for event in generator.live_events(generator.generate_day(symbol, day.isoformat(), seed=seed,
                                                                   trades=ENDLESS_CHUNK), seed=seed):
@@ -223,7 +232,10 @@ class BinanceEmulator:
                  rate: float = 1_000.0, seed: int = 0, date: str = "2025-04-01", garbage_ratio: float = 0.0,
                  ping_interval: float | None = None, ping_payload: bytes = b"binance-ping",
                  shutdown_grace_s: float = 5.0, replay_times: bool = False, history_limit: int = 2_000_000,
-                 record_payloads: bool = True, host: str = HOST, port: int = 0):
+                 record_payloads: bool = True, warmup_seconds: float = 0.0, warmup_rate: float = 50.0,
+                 first_trade_id: int | None = None, host: str = HOST, port: int = 0):
+        if warmup_seconds < 0 or (warmup_seconds and warmup_rate <= 0):
+            raise ValueError(f"warmup_seconds={warmup_seconds} needs warmup_rate > 0 (got {warmup_rate})")
         self.symbols = tuple(symbol.upper() for symbol in symbols)
         self.trades = trades
         self.seed = seed
@@ -234,7 +246,13 @@ class BinanceEmulator:
         self._rate = float(rate)
         self._garbage_ratio = garbage_ratio
         self._random = random.Random(seed)
-        self._tapes = {symbol: _tape(symbol, date, seed, trades) for symbol in self.symbols}
+        self._tapes = {symbol: _tape(symbol, date, seed, trades, first_trade_id) for symbol in self.symbols}
+        # The warm-up's clock (ms), set when the market first opens and None once it reached the wall clock.
+        self._warmup_ms = warmup_seconds * 1000.0
+        self._warmup_rate = warmup_rate
+        self._warmup_random = random.Random(seed + 1)  # not self._random: skips and garbage stay where they were
+        self._virtual_ms: float | None = None
+        self._warmed_up = False
         self._upcoming: list[tuple[int, int, dict]] = []  # (generated trade time, symbol index, event)
         for index, symbol in enumerate(self.symbols):
             self._queue_next(index)
@@ -513,7 +531,15 @@ class BinanceEmulator:
         self._queue_next(index)
         if not self.replay_times:
             latency = event[schema.EVENT_TIME] - event[schema.EVENT_TRADE_TIME]
-            event[schema.EVENT_TRADE_TIME] = int(time.time() * 1000)
+            now_ms = time.time() * 1000
+            if self._virtual_ms is not None:  # warming up: trades from the past, Poisson arrivals
+                self._virtual_ms += self._warmup_random.expovariate(self._warmup_rate) * 1000.0
+                if self._virtual_ms < now_ms:
+                    now_ms = self._virtual_ms
+                else:
+                    self._virtual_ms = None
+                    log.info("warm-up done: trades at %s/s in real time from now on", self._rate)
+            event[schema.EVENT_TRADE_TIME] = int(now_ms)
             event[schema.EVENT_TIME] = event[schema.EVENT_TRADE_TIME] + latency
         return self.symbols[index], event
 
@@ -556,7 +582,7 @@ class BinanceEmulator:
         return kind, payload
 
     def _batch_size(self, started: float, emitted: int) -> int:
-        if self._rate <= 0:
+        if self._rate <= 0 or self._virtual_ms is not None:  # as fast as the clients read
             return 256
         return min(2_000, int((time.monotonic() - started) * self._rate) - emitted)
 
@@ -568,14 +594,21 @@ class BinanceEmulator:
                     while not self._stopping.is_set() and (self._paused or not self._clients):
                         self._wake.wait(0.1)
                     started, emitted = time.monotonic(), 0  # no catching up on the time nobody traded
+                    if self._warmup_ms and not self._warmed_up:
+                        self._virtual_ms, self._warmed_up = time.time() * 1000 - self._warmup_ms, True
+                        log.info("warm-up: trades from %.0f s ago at %s/s, sent as fast as read", self._warmup_ms / 1000,
+                                 self._warmup_rate)
                     continue
             while self._commands_waiting:
                 time.sleep(0.0005)
+            warming = self._virtual_ms is not None
             batch = self._batch_size(started, emitted)
             if batch <= 0:  # ahead of the rate: wait for the next trade's turn, in ticks of at least 2 ms
                 time.sleep(max(0.002, (emitted + 1) / self._rate - (time.monotonic() - started)))
                 continue
             emitted += self._emit(batch)
+            if warming and self._virtual_ms is None:  # caught up with the clock: the real-time rate from here
+                started, emitted = time.monotonic(), 0
             if self._rate > 0 and time.monotonic() - started > 10.0:  # bound the pacing arithmetic
                 started, emitted = time.monotonic(), 0
 
@@ -828,6 +861,14 @@ class _Handler(BaseHTTPRequestHandler):
             # Text frames (SUBSCRIBE and friends) are not emulated: streams are chosen by URL.
 
 
+CLOCK_IDS_PER_SECOND = 100_000  # above any rate the emulator sustains, so ids keep rising across restarts
+
+
+def clock_trade_id(now: float | None = None) -> int:
+    """A first trade id above those of any earlier run of an endless market: seconds since the epoch x 10^5."""
+    return int(now if now is not None else time.time()) * CLOCK_IDS_PER_SECOND
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Serve emulated Binance trade streams and historicalTrades.")
     parser.add_argument("--symbols", default=schema.DEFAULT_SYMBOL, help="comma-separated, e.g. BTCUSDT,ETHUSDT")
@@ -840,11 +881,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ping-interval", type=float, default=20.0, help="seconds between pings (Binance: 20)")
     parser.add_argument("--history-limit", type=int, default=200_000,
                         help="trades kept for historicalTrades and the sent counters (memory)")
+    parser.add_argument("--warmup-minutes", type=float, default=0.0,
+                        help="start the market this many minutes in the past, sent as fast as read (demo: bars "
+                             "and prediction features at once)")
+    parser.add_argument("--warmup-rate", type=float, default=50.0, help="trades per second of the warm-up's past")
+    parser.add_argument("--first-trade-id", type=int, default=None,
+                        help="endless market: the first trade id (default: from the clock, so a restarted "
+                             "emulator continues above the ids a producer already has)")
     args = parser.parse_args(argv)
+    if args.first_trade_id is None and args.trades is None:
+        args.first_trade_id = clock_trade_id()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     emulator = BinanceEmulator(tuple(args.symbols.split(",")), trades=args.trades, rate=args.rate, seed=args.seed,
                                date=args.date, garbage_ratio=args.garbage_ratio, ping_interval=args.ping_interval,
-                               history_limit=args.history_limit, record_payloads=False, port=args.port)
+                               history_limit=args.history_limit, record_payloads=False, port=args.port,
+                               warmup_seconds=args.warmup_minutes * 60, warmup_rate=args.warmup_rate,
+                               first_trade_id=args.first_trade_id)
     stopped = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())

@@ -23,7 +23,7 @@ def test_committed_dashboards_are_generated_from_code():
 
 @pytest.fixture(scope="module")
 def panel_bucket(resources):
-    """A bucket holding two hours of trades, their minute bars and pipeline-health points."""
+    """A bucket holding two hours of trades, their minute bars, predictions of them and pipeline-health points."""
     influx = resources["influx"]
     admin = influx.admin()
     name = f"grafana-test-{int(time.time())}"
@@ -33,8 +33,14 @@ def panel_bucket(resources):
     lines = [points.trade_line("BTCUSDT", trade.trade_id, trade.price, trade.qty,
                                schema.trade_time_to_ms(trade.time), trade.is_buyer_maker)
              for trade in day.trades()]
-    lines += [points.bar_line("BTCUSDT", dict(zip(schema.BAR_FIELDS, bar)))
-              for bar in bars.bars_from_trades(day.trades())]
+    minute_bars = [dict(zip(schema.BAR_FIELDS, bar)) for bar in bars.bars_from_trades(day.trades())]
+    lines += [points.bar_line("BTCUSDT", bar) for bar in minute_bars]
+    # Each model's prediction of every bar's close from the bar before (the last one not traded yet).
+    for before, bar in zip(minute_bars, minute_bars[1:] + [None]):
+        minute_ns = points.minute_start_ns(before[schema.MINUTE]) + 60_000_000_000
+        for number, model in enumerate(schema.MODELS):
+            lines.append(points.prediction_line("BTCUSDT", model, minute_ns, float(before["close"]) * (1 + number * 1e-4),
+                                                float(bar["close"]) if bar else None))
     for second in range(0, 600, 10):
         for component in ("spark_trades", "spark_bars"):
             lines.append(points.health_line(component, {

@@ -13,7 +13,8 @@ from btc_assets.lib.stack.base import REPO_ROOT
 
 PLATFORM_ASSETS = {"trade_topics", "influx_bucket"}
 EVERY_ASSET = PLATFORM_ASSETS | {"raw_trades", "minute_bars", "live_trades", "live_bars", "training_set",
-                                 "lr_model", "rf_model", "gbt_model", "persistence_model"}
+                                 "lr_model", "rf_model", "gbt_model", "persistence_model",
+                                 "price_predictions"}
 
 
 def test_definitions_validate_and_list_assets():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import requests
@@ -100,3 +101,42 @@ def test_emulator_rest_serves_historical_trades_like_binance():
         assert requests.get(url, params={"symbol": "NOPE"}, timeout=5).status_code == 400
         requests.post(binance.base_url + "/control/rest?status=503", timeout=5).raise_for_status()
         assert requests.get(url, params={"symbol": "BTCUSDT"}, timeout=5).status_code == 503
+
+
+def test_emulator_warmup_opens_the_market_in_the_past_then_runs_in_real_time():
+    import websocket
+
+    with BinanceEmulator(("BTCUSDT",), rate=200, seed=12, warmup_seconds=600, warmup_rate=40,
+                         first_trade_id=5_000_000) as binance:
+        opened = time.time() * 1000
+        client = websocket.create_connection(binance.ws_url + "/ws/btcusdt@trade", timeout=30)
+        try:
+            events = []
+            while not events or events[-1]["T"] < time.time() * 1000 - 500:  # the past, until it meets the clock
+                events.append(json.loads(client.recv()))
+            caught_up = len(events)
+            for _ in range(200):
+                events.append(json.loads(client.recv()))
+            finished = time.time() * 1000
+        finally:
+            client.close()
+    times = [event["T"] for event in events]
+    ids = [event["t"] for event in events]
+    assert ids == list(range(5_000_000, 5_000_000 + len(ids)))  # the first id as asked, +1 per trade
+    assert times == sorted(times)
+    assert opened - 600_000 <= times[0] < opened - 590_000  # ten minutes ago
+    # ~40 trades a second of that past: a minute bar for every one of the ten minutes.
+    assert 600 * 40 * 0.9 < caught_up < 600 * 40 * 1.1
+    assert len({moment // 60_000 for moment in times[:caught_up]}) >= 10
+    # Then the wall clock at 200 trades/s: the last 200 trades are about a second of real time.
+    live = times[-200:]
+    assert finished - 5_000 <= live[0] and live[-1] <= finished
+    assert live[-1] - live[0] >= 500
+
+
+def test_emulator_clock_trade_ids_rise_across_restarts():
+    from btc_assets.stream.binance_emulator import clock_trade_id
+
+    first = clock_trade_id(1_764_580_000)
+    assert clock_trade_id(1_764_580_001) - first == 100_000  # a run of a second at up to 100,000 trades/s
+    assert clock_trade_id() > first
