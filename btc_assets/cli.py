@@ -221,10 +221,12 @@ def demo_live(stack, timeout_s: float = 300.0, warmup_minutes: float = 0.0) -> i
 
     stack.apply_env()
     services = StreamServices(stack.paths.state_dir)
+    reader = _reader(stack)
+    if warmup_minutes and not services.processes["binance-emulator"].is_running():
+        warmup_minutes = warmup_after_last_bar(reader, warmup_minutes)
     warmup = f", opening {warmup_minutes:.0f} minutes in the past" if warmup_minutes else ""
     progress("demo", f"live: Binance emulator (300 trades/s{warmup}) -> producer -> Kafka -> Spark -> InfluxDB …")
     services.start_all(emulator_rate=300.0, warmup_minutes=warmup_minutes)
-    reader = _reader(stack)
 
     def count(measurement: str) -> int:
         rows = reader.query(f'from(bucket: "{reader.bucket}") |> range(start: -15m)\n'
@@ -247,6 +249,18 @@ def demo_live(stack, timeout_s: float = 300.0, warmup_minutes: float = 0.0) -> i
     logs = ", ".join(facts["log"] for facts in services.status().values())
     progress("demo", f"FAILED: no live trades and bars in InfluxDB after {timeout_s:.0f}s; logs: {logs}")
     return 1
+
+
+def warmup_after_last_bar(reader, minutes: float) -> float:
+    """The emulator's warm-up, shortened so it never trades in minutes the stream already has bars of
+    (a stream that ran recently left them, and with them the history predictions need)."""
+    rows = reader.query(f'from(bucket: "{reader.bucket}") |> range(start: -{int(minutes) + 1}m)\n'
+                        f'  |> filter(fn: (r) => r._measurement == "{schema.BARS_MEASUREMENT}" and r._field == "close")\n'
+                        f'  |> group() |> last()')
+    if not rows:
+        return minutes
+    since = (time.time() - rows[0]["_time"].timestamp()) / 60 - 2  # the newest bar's minute and a margin
+    return max(0.0, min(minutes, float(int(since))))
 
 
 def wait_for_live_bars(stack, timeout_s: float = 300.0) -> int:

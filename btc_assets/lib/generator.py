@@ -226,6 +226,11 @@ def _quantities(rng: np.random.Generator, count: int, price_level: float) -> tup
     return np.clip(lots, 1, int(MAX_QUOTE_PER_TRADE / price_level * UNITS / lot_units)), lot_units
 
 
+def price_tick_units(price_level: float) -> int:
+    """The price tick in units of 10^-8: 0.01 (BTC's tick) for anything dearer than a dollar, finer below."""
+    return min(10**6, max(1, 10 ** (math.floor(math.log10(price_level)) + 4)))
+
+
 def generate_day(symbol: str, date: str, seed: int = 0, trades: int | None = None) -> TradeDay:
     """A day of trades of ``symbol`` on ``date`` (``YYYY-MM-DD``, UTC); ``trades`` overrides the default count."""
     count = default_trade_count(symbol, date, seed) if trades is None else int(trades)
@@ -259,8 +264,7 @@ def generate_day(symbol: str, date: str, seed: int = 0, trades: int | None = Non
     move = log_returns[np.minimum(order_second.astype(np.int64), SECONDS_PER_DAY - 1)]
     seller_takes = rng.random(orders) < 0.5 - 0.15 * np.tanh(move / (volatility * np.sqrt(share.mean())))
 
-    # 0.01 (BTC's tick) for anything dearer than a dollar; a finer tick for cheaper coins.
-    tick_units = min(10**6, max(1, 10 ** (math.floor(math.log10(price_level)) + 4)))
+    tick_units = price_tick_units(price_level)
     bid_ticks = np.floor(mid * UNITS / tick_units).astype(np.int64)
 
     # Trades: each order's fills share its time and side and walk the book one tick per fill.

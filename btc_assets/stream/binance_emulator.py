@@ -58,6 +58,7 @@ import hashlib
 import heapq
 import json
 import logging
+import math
 import random
 import signal
 import socket
@@ -143,22 +144,46 @@ def read_frame(stream) -> tuple[int, bytes]:
 # --- the market ----------------------------------------------------------------------------------
 
 
-def _tape(symbol: str, date: str, seed: int, trades: int | None, first_id: int | None = None) -> Iterator[dict]:
+def _tape(symbol: str, date: str, seed: int, trades: int | None, first_id: int | None = None,
+          price_scale: float = 1.0) -> Iterator[dict]:
     """One symbol's trades as WebSocket events, in id order: exactly ``trades`` of them, or endless (from
-    ``first_id``, or the generated day's first id)."""
+    ``first_id``, or the generated day's first id).
+
+    Endless, each generated day of ``ENDLESS_CHUNK`` trades continues from the price the day before
+    ended at (a generated day has a price level of its own), and its moves are ``price ** price_scale``:
+    a day's worth of volatility squeezed into the minutes those trades last would be far too wild.
+    """
     if trades is not None:
         yield from generator.live_events(generator.generate_day(symbol, date, seed=seed, trades=trades), seed=seed)
         return
-    day, next_id = Date.fromisoformat(date), first_id
+    day, next_id, last_price = Date.fromisoformat(date), first_id, None
     while True:
+        first_price = start_price = tick = None
         for event in generator.live_events(generator.generate_day(symbol, day.isoformat(), seed=seed,
                                                                   trades=ENDLESS_CHUNK), seed=seed):
             # Each generated day starts at its own first id: renumber so the ids stay contiguous.
             next_id = event[schema.EVENT_TRADE_ID] if next_id is None else next_id
             event[schema.EVENT_TRADE_ID] = next_id
             next_id += 1
+            if last_price is not None or price_scale != 1.0:
+                price = float(event[schema.EVENT_PRICE])
+                if first_price is None:
+                    first_price, start_price = price, last_price or price
+                    tick = generator.price_tick_units(start_price) / generator.UNITS
+                scaled = round(start_price * (price / first_price) ** price_scale / tick) * tick
+                event[schema.EVENT_PRICE] = f"{scaled:.{schema.DECIMALS}f}"
+            last_price = float(event[schema.EVENT_PRICE])
             yield event
         day += timedelta(days=1)
+
+
+def endless_price_scale(rate: float, symbols: int) -> float:
+    """The exponent that gives a generated day's trades, sent at ``rate`` over ``symbols``, the volatility of
+    the time they take (volatility grows with the square root of time); 1 when sent as fast as read."""
+    if rate <= 0:
+        return 1.0
+    seconds = ENDLESS_CHUNK * symbols / rate
+    return min(1.0, math.sqrt(seconds / generator.SECONDS_PER_DAY))
 
 
 def event_json(event: dict) -> bytes:
@@ -246,7 +271,8 @@ class BinanceEmulator:
         self._rate = float(rate)
         self._garbage_ratio = garbage_ratio
         self._random = random.Random(seed)
-        self._tapes = {symbol: _tape(symbol, date, seed, trades, first_trade_id) for symbol in self.symbols}
+        scale = endless_price_scale(rate, len(self.symbols))
+        self._tapes = {symbol: _tape(symbol, date, seed, trades, first_trade_id, scale) for symbol in self.symbols}
         # The warm-up's clock (ms), set when the market first opens and None once it reached the wall clock.
         self._warmup_ms = warmup_seconds * 1000.0
         self._warmup_rate = warmup_rate

@@ -140,3 +140,20 @@ def test_emulator_clock_trade_ids_rise_across_restarts():
     first = clock_trade_id(1_764_580_000)
     assert clock_trade_id(1_764_580_001) - first == 100_000  # a run of a second at up to 100,000 trades/s
     assert clock_trade_id() > first
+
+
+def test_emulator_endless_market_continues_its_price_across_generated_days():
+    from btc_assets.stream import binance_emulator as emulator
+
+    scale = emulator.endless_price_scale(300, 1)  # a generated day's 100,000 trades last 5.6 minutes at 300/s
+    assert scale == pytest.approx((emulator.ENDLESS_CHUNK / 300 / 86_400) ** 0.5)
+    tape = emulator._tape("BTCUSDT", "2025-04-01", 0, None, 1, scale)
+    prices = [float(next(tape)[schema.EVENT_PRICE]) for _ in range(emulator.ENDLESS_CHUNK + 2_000)]
+    assert all(price == round(price, 2) for price in prices)  # still on BTC's 0.01 tick
+    boundary = emulator.ENDLESS_CHUNK
+    assert abs(prices[boundary] / prices[boundary - 1] - 1) < 5e-4  # the next day goes on from the last price
+    # Over the 5.6 minutes of a generated day, moves of minutes, not of a day (~2.5 %).
+    assert max(prices[:boundary]) / min(prices[:boundary]) < 1.01
+    unscaled = emulator._tape("BTCUSDT", "2025-04-01", 0, None, 1, 1.0)
+    first_day = [float(next(unscaled)[schema.EVENT_PRICE]) for _ in range(boundary)]
+    assert max(first_day) / min(first_day) > max(prices[:boundary]) / min(prices[:boundary])
