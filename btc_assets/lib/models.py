@@ -4,7 +4,8 @@
     print(metrics_table(results))
     save_model(storage, "gbt", version, results.models["gbt"].model, results.models["gbt"].metrics)
     model, metrics = load_model(storage, "gbt")                         # the newest complete version
-    price = predict_next_price(spark, model, features_from_recent_bars(latest_bars))   # live
+    price = predict_next_price(spark, model, features_from_recent_bars(latest_bars))   # one minute, by hand
+    # (the price_predictions asset serves many live minutes at once: lib/predictions.predict_live)
     seed = seed_replication(history, test, ModelParams())              # the original setup, same data
 
 Every model predicts ``target_return`` (features.py); its price is ``close * (1 + prediction)``, so

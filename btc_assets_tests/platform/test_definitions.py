@@ -25,6 +25,11 @@ def test_definitions_validate_and_list_assets():
         spec = defs.resolve_assets_def(key)
         assert spec.descriptions_by_key[dg.AssetKey.from_user_string(key)], f"{key} has no description"
     assert set(defs.resources) >= {"storage", "kafka", "spark", "mapreduce", "influx"}
+    # Live predictions every 5 minutes, off until switched on (they need the stream and saved models).
+    schedule = defs.resolve_schedule_def("price_predictions_schedule")
+    assert schedule.cron_schedule == "*/5 * * * *" and schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+    job = defs.resolve_job_def("price_predictions_job")
+    assert {key.to_user_string() for key in job.asset_layer.selected_asset_keys} == {"price_predictions"}
 
 
 def test_dagster_cli_materializes_platform_assets(stack, tmp_path):

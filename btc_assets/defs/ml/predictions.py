@@ -126,6 +126,7 @@ price_predictions_job = dg.define_asset_job(
 # Each run predicts (and scores) the last hour of minutes, so every 5 minutes leaves no minute out
 # while a Spark session and four models are loaded only twelve times an hour.
 price_predictions_schedule = dg.ScheduleDefinition(
-    job=price_predictions_job, cron_schedule="*/5 * * * *", execution_timezone="UTC",
+    name="price_predictions_schedule", job=price_predictions_job, cron_schedule="*/5 * * * *",
+    execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.STOPPED,
     description="Live predictions every 5 minutes (switch on once the stream runs and price_models exist).")
