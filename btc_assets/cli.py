@@ -252,36 +252,53 @@ def demo_live(stack, timeout_s: float = 300.0, warmup_minutes: float = 0.0) -> i
 
 
 def warmup_after_last_bar(reader, minutes: float) -> float:
-    """The emulator's warm-up, shortened so it never trades in minutes the stream already has bars of
-    (a stream that ran recently left them, and with them the history predictions need)."""
+    """The emulator's warm-up, shortened so that it never trades in minutes the stream already has: before the
+    newest trade in Kafka (the stream's event-time watermark would drop such trades from the bars) or the
+    newest bar in InfluxDB. A stream that ran recently left those bars, and with them the history
+    predictions need."""
+    from btc_assets.stream.producer import last_events_in_kafka
+
     rows = reader.query(f'from(bucket: "{reader.bucket}") |> range(start: -{int(minutes) + 1}m)\n'
                         f'  |> filter(fn: (r) => r._measurement == "{schema.BARS_MEASUREMENT}" and r._field == "close")\n'
                         f'  |> group() |> last()')
-    if not rows:
+    newest = [rows[0]["_time"].timestamp() + 60] if rows else []
+    topics = {symbol: schema.trade_topic(symbol, config.get("BTC_KAFKA_TOPIC_TEMPLATE")) for symbol in config.symbols()}
+    events = last_events_in_kafka(config.get("BTC_KAFKA_BOOTSTRAP_SERVERS"), topics)
+    newest += [int(event[schema.EVENT_TRADE_TIME]) / 1000 for event in events.values()]
+    if not newest:
         return minutes
-    since = (time.time() - rows[0]["_time"].timestamp()) / 60 - 2  # the newest bar's minute and a margin
+    since = (time.time() - max(newest)) / 60 - 1  # a minute's margin
     return max(0.0, min(minutes, float(int(since))))
 
 
-def wait_for_live_bars(stack, timeout_s: float = 300.0) -> int:
-    """Wait until every symbol has the complete live bars one scored prediction needs (features + the next bar)."""
+def wait_for_live_bars(stack) -> int:
+    """Wait until every symbol has the complete live bars one scored prediction needs (features + the next bar);
+    a minute brings one more, so the wait is bounded by the bars still missing."""
     from btc_assets.lib import features, predictions
 
     needed = features.LOOKBACK_BARS + 1
     reader = _reader(stack)
-    deadline = time.monotonic() + timeout_s
+    deadline, told = None, 0.0
     counts: dict[str, int] = {}
     try:
-        while time.monotonic() < deadline:
+        while deadline is None or time.monotonic() < deadline:
             bars = predictions.read_live_bars(reader, config.symbols(), predictions.history_minutes(60))
             counts = predictions.bars_per_symbol(predictions.complete_bars(bars, time.time()))
-            if all(counts.get(symbol, 0) >= needed for symbol in config.symbols()):
+            missing = max(needed - counts.get(symbol, 0) for symbol in config.symbols())
+            if missing <= 0:
                 progress("demo", f"    live: complete minute bars {counts}: enough to predict from")
                 return 0
+            if deadline is None:
+                deadline = time.monotonic() + (missing + 3) * 60.0
+            if time.monotonic() - told >= 60:
+                progress("demo", f"    live: complete minute bars {counts or 'none yet'}; a prediction needs {needed} "
+                                 f"(about {missing} more minutes) …")
+                told = time.monotonic()
             time.sleep(5)
     finally:
         reader.close()
-    progress("demo", f"FAILED: fewer than {needed} complete live minute bars after {timeout_s:.0f}s: {counts}")
+    progress("demo", f"FAILED: fewer than {needed} complete live minute bars in time: {counts}; "
+                     "is the stream running? (`btc-pipeline stream status`)")
     return 1
 
 

@@ -145,13 +145,14 @@ def read_frame(stream) -> tuple[int, bytes]:
 
 
 def _tape(symbol: str, date: str, seed: int, trades: int | None, first_id: int | None = None,
-          price_scale: float = 1.0) -> Iterator[dict]:
+          price_scale: float | Callable[[], float] = 1.0) -> Iterator[dict]:
     """One symbol's trades as WebSocket events, in id order: exactly ``trades`` of them, or endless (from
     ``first_id``, or the generated day's first id).
 
     Endless, each generated day of ``ENDLESS_CHUNK`` trades continues from the price the day before
     ended at (a generated day has a price level of its own), and its moves are ``price ** price_scale``:
     a day's worth of volatility squeezed into the minutes those trades last would be far too wild.
+    A callable ``price_scale`` is asked at the start of each generated day (the rate may have changed).
     """
     if trades is not None:
         yield from generator.live_events(generator.generate_day(symbol, date, seed=seed, trades=trades), seed=seed)
@@ -159,18 +160,19 @@ def _tape(symbol: str, date: str, seed: int, trades: int | None, first_id: int |
     day, next_id, last_price = Date.fromisoformat(date), first_id, None
     while True:
         first_price = start_price = tick = None
+        scale = price_scale() if callable(price_scale) else price_scale
         for event in generator.live_events(generator.generate_day(symbol, day.isoformat(), seed=seed,
                                                                   trades=ENDLESS_CHUNK), seed=seed):
             # Each generated day starts at its own first id: renumber so the ids stay contiguous.
             next_id = event[schema.EVENT_TRADE_ID] if next_id is None else next_id
             event[schema.EVENT_TRADE_ID] = next_id
             next_id += 1
-            if last_price is not None or price_scale != 1.0:
+            if last_price is not None or scale != 1.0:
                 price = float(event[schema.EVENT_PRICE])
                 if first_price is None:
                     first_price, start_price = price, last_price or price
                     tick = generator.price_tick_units(start_price) / generator.UNITS
-                scaled = round(start_price * (price / first_price) ** price_scale / tick) * tick
+                scaled = round(start_price * (price / first_price) ** scale / tick) * tick
                 event[schema.EVENT_PRICE] = f"{scaled:.{schema.DECIMALS}f}"
             last_price = float(event[schema.EVENT_PRICE])
             yield event
@@ -271,8 +273,8 @@ class BinanceEmulator:
         self._rate = float(rate)
         self._garbage_ratio = garbage_ratio
         self._random = random.Random(seed)
-        scale = endless_price_scale(rate, len(self.symbols))
-        self._tapes = {symbol: _tape(symbol, date, seed, trades, first_trade_id, scale) for symbol in self.symbols}
+        self._tapes = {symbol: _tape(symbol, date, seed, trades, first_trade_id, self._price_scale)
+                       for symbol in self.symbols}
         # The warm-up's clock (ms), set when the market first opens and None once it reached the wall clock.
         self._warmup_ms = warmup_seconds * 1000.0
         self._warmup_rate = warmup_rate
@@ -543,6 +545,11 @@ class BinanceEmulator:
             return [historical_trade(event) for event in history[start:start + limit]]
 
     # --- the market loop -------------------------------------------------------------------------
+
+    def _price_scale(self) -> float:
+        """The endless tape's price scale for the rate trades go out at now: the warm-up's, then the set rate."""
+        warming = self._virtual_ms is not None or (self._warmup_ms and not self._warmed_up)
+        return endless_price_scale(self._warmup_rate if warming else self._rate, len(self.symbols))
 
     def _queue_next(self, index: int) -> None:
         event = next(self._tapes[self.symbols[index]], None)

@@ -306,9 +306,15 @@ class HistoricalTrades:
 
 def last_trade_ids_in_kafka(bootstrap_servers: str, topics: dict[str, str], timeout_s: float = 10.0) -> dict[str, int]:
     """symbol -> the highest trade id among the last records of its topic's partitions."""
+    return {symbol: int(event[schema.EVENT_TRADE_ID])
+            for symbol, event in last_events_in_kafka(bootstrap_servers, topics, timeout_s).items()}
+
+
+def last_events_in_kafka(bootstrap_servers: str, topics: dict[str, str], timeout_s: float = 10.0) -> dict[str, dict]:
+    """symbol -> the trade event with the highest id among the last records of its topic's partitions."""
     from kafka import TopicPartition
 
-    found: dict[str, int] = {}
+    found: dict[str, dict] = {}
     consumer = kafka_io.consumer(bootstrap_servers, enable_auto_commit=False, group_id=None)
     try:
         for symbol, topic in topics.items():
@@ -325,10 +331,12 @@ def last_trade_ids_in_kafka(bootstrap_servers: str, topics: dict[str, str], time
                     waiting.discard(tp)
                     for record in records:
                         try:
-                            trade_id = int(json.loads(record.value)[schema.EVENT_TRADE_ID])
+                            event = json.loads(record.value)
+                            trade_id = int(event[schema.EVENT_TRADE_ID])
                         except (ValueError, KeyError, TypeError):
                             continue
-                        found[symbol] = max(found.get(symbol, trade_id), trade_id)
+                        if symbol not in found or trade_id > int(found[symbol][schema.EVENT_TRADE_ID]):
+                            found[symbol] = event
             consumer.assign([])
     finally:
         consumer.close()

@@ -154,6 +154,11 @@ def test_emulator_endless_market_continues_its_price_across_generated_days():
     assert abs(prices[boundary] / prices[boundary - 1] - 1) < 5e-4  # the next day goes on from the last price
     # Over the 5.6 minutes of a generated day, moves of minutes, not of a day (~2.5 %).
     assert max(prices[:boundary]) / min(prices[:boundary]) < 1.01
+    asked = emulator._tape("BTCUSDT", "2025-04-01", 0, None, 1, lambda: scale)  # the emulator asks per day
+    assert [float(next(asked)[schema.EVENT_PRICE]) for _ in range(1_000)] == prices[:1_000]
+    # The warm-up's rate gives its generated day the volatility of the longer time it lasts.
+    with BinanceEmulator(("BTCUSDT",), rate=300, warmup_seconds=60, warmup_rate=50) as binance:
+        assert binance._price_scale() == emulator.endless_price_scale(50, 1) > scale
     unscaled = emulator._tape("BTCUSDT", "2025-04-01", 0, None, 1, 1.0)
     first_day = [float(next(unscaled)[schema.EVENT_PRICE]) for _ in range(boundary)]
     assert max(first_day) / min(first_day) > max(prices[:boundary]) / min(prices[:boundary])
