@@ -328,7 +328,16 @@ def cmd_stream(args) -> int:
     if args.action == "start":
         stack.up()
         if args.source == "emulator":
-            services.start_all(emulator_rate=args.rate, warmup_minutes=args.warmup_minutes)
+            warmup = args.warmup_minutes
+            if warmup and not services.processes["binance-emulator"].is_running():
+                reader = _reader(stack)
+                try:
+                    warmup = warmup_after_last_bar(reader, warmup)
+                finally:
+                    reader.close()
+                progress("stream", f"emulator warm-up: {warmup:.0f} of the {args.warmup_minutes:.0f} minutes asked "
+                                   "(never before the newest trade the stream already has)")
+            services.start_all(emulator_rate=args.rate, warmup_minutes=warmup)
         else:
             services.start_all()
     elif args.action == "stop":
