@@ -221,9 +221,8 @@ def demo_live(stack, timeout_s: float = 300.0, warmup_minutes: float = 0.0) -> i
 
     stack.apply_env()
     services = StreamServices(stack.paths.state_dir)
+    warmup_minutes = emulator_warmup(stack, services, warmup_minutes)
     reader = _reader(stack)
-    if warmup_minutes and not services.processes["binance-emulator"].is_running():
-        warmup_minutes = warmup_after_last_bar(reader, warmup_minutes)
     warmup = f", opening {warmup_minutes:.0f} minutes in the past" if warmup_minutes else ""
     progress("demo", f"live: Binance emulator (300 trades/s{warmup}) -> producer -> Kafka -> Spark -> InfluxDB …")
     services.start_all(emulator_rate=300.0, warmup_minutes=warmup_minutes)
@@ -251,11 +250,21 @@ def demo_live(stack, timeout_s: float = 300.0, warmup_minutes: float = 0.0) -> i
     return 1
 
 
-def warmup_after_last_bar(reader, minutes: float) -> float:
-    """The emulator's warm-up, shortened so that it never trades in minutes the stream already has: before the
-    newest trade in Kafka (the stream's event-time watermark would drop such trades from the bars) or the
-    newest bar in InfluxDB. A stream that ran recently left those bars, and with them the history
-    predictions need."""
+def emulator_warmup(stack, services, minutes: float) -> float:
+    """The warm-up for an emulator about to start, shortened so that it never trades in minutes the stream
+    already has: before the newest trade in Kafka (the stream's event-time watermark would drop such trades
+    from the bars) or the newest bar in InfluxDB. A stream that ran recently left those bars, and with them
+    the history predictions need. 0 when the emulator already runs (its market is not started again)."""
+    if not minutes or services.processes["binance-emulator"].is_running():
+        return 0.0
+    reader = _reader(stack)
+    try:
+        return _minutes_before_newest_trade(reader, minutes)
+    finally:
+        reader.close()
+
+
+def _minutes_before_newest_trade(reader, minutes: float) -> float:
     from btc_assets.stream.producer import last_events_in_kafka
 
     rows = reader.query(f'from(bucket: "{reader.bucket}") |> range(start: -{int(minutes) + 1}m)\n'
@@ -328,13 +337,8 @@ def cmd_stream(args) -> int:
     if args.action == "start":
         stack.up()
         if args.source == "emulator":
-            warmup = args.warmup_minutes
-            if warmup and not services.processes["binance-emulator"].is_running():
-                reader = _reader(stack)
-                try:
-                    warmup = warmup_after_last_bar(reader, warmup)
-                finally:
-                    reader.close()
+            warmup = emulator_warmup(stack, services, args.warmup_minutes)
+            if args.warmup_minutes:
                 progress("stream", f"emulator warm-up: {warmup:.0f} of the {args.warmup_minutes:.0f} minutes asked "
                                    "(never before the newest trade the stream already has)")
             services.start_all(emulator_rate=args.rate, warmup_minutes=warmup)
