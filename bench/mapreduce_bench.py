@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from btc_assets.defs.batch.assets import compute_minute_bars, day_path  # noqa: E402
+from btc_assets.defs.history.assets import compute_minute_bars, day_path  # noqa: E402
 from btc_assets.defs.resources import MapReduceResource  # noqa: E402
-from btc_assets.lib import generator  # noqa: E402
+from btc_testkit import generator  # noqa: E402
 from bench.stack_env import bench_storage, use_running_stack  # noqa: E402
 
 SYMBOL, DAY = "BTCUSDT", "2025-04-01"

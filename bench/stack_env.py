@@ -6,8 +6,8 @@ import os
 import sys
 
 from btc_assets.defs.resources import StorageResource
-from btc_assets.lib import config
-from btc_assets.lib.stack.manager import LocalStack
+from btc_assets import config
+from btc_localstack.manager import LocalStack
 
 
 def use_running_stack(*services: str) -> bool:

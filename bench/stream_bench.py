@@ -35,8 +35,8 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from btc_assets.lib import schema  # noqa: E402
-from btc_assets.lib.influx import Influx  # noqa: E402
+from btc_assets.contracts import schema  # noqa: E402
+from btc_assets.clients.influx import Influx  # noqa: E402
 from bench.stack_env import use_running_stack  # noqa: E402
 
 SYMBOL = "BTCUSDT"
@@ -174,7 +174,7 @@ def main() -> int:
                 f'|> filter(fn: (r) => r._measurement == "{schema.HEALTH_MEASUREMENT}") |> limit(n: 1)'), 180):
             print(f"the Spark job did not start; see {services.logs}", file=sys.stderr)
             return 1
-        services.start("binance-emulator", "btc_assets.stream.binance_emulator", "--port", str(args.port),
+        services.start("binance-emulator", "btc_testkit.binance_emulator", "--port", str(args.port),
                        "--rate", "300", "--symbols", SYMBOL, "--seed", "7", "--history-limit", "20000000")
         time.sleep(2)
         services.control("pause")

@@ -2,7 +2,7 @@
 
     ./pipeline stack up hadoop && .venv/bin/python bench/train_bench.py [--days 30] [--datasets noise,signal]
 
-For each dataset it generates the bars (``models.generated_bars``: the trade generator's days,
+For each dataset it generates the bars (``known_bars.generated_bars``: the trade generator's days,
 aggregated with the bar maths and joined into one continuous price), writes them to HDFS at the
 contract's paths under ``/btc-bench-ml``, and then runs what the ``training_set`` and
 ``price_models`` assets run: Spark reads the bars, builds the features, splits the days in time
@@ -30,8 +30,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from btc_testkit import bars as known_bars  # noqa: E402
 from btc_assets.defs.resources import SparkResource  # noqa: E402
-from btc_assets.lib import features, models  # noqa: E402
+from btc_assets.ml import features
+from btc_assets.ml import models  # noqa: E402
 from bench.stack_env import bench_storage, use_running_stack  # noqa: E402
 
 SYMBOL = "BTCUSDT"
@@ -42,10 +44,10 @@ SIGNALS = {"noise": 0.0, "signal": 0.0015}
 
 def run(dataset: str, args, spark, storage) -> tuple[float, str]:
     started = time.monotonic()
-    bars = models.generated_bars(args.first_day, args.days, symbol=SYMBOL, trades_per_day=args.trades_per_day,
+    bars = known_bars.generated_bars(args.first_day, args.days, symbol=SYMBOL, trades_per_day=args.trades_per_day,
                                  seed=args.seed, taker_signal=SIGNALS[dataset])
     storage.fs.delete(ROOT, recursive=True)
-    models.write_bars(storage, bars, SYMBOL)
+    known_bars.write_bars(storage, bars, SYMBOL)
     print(f"[{dataset}] {len(bars):,} bars over {args.days} days generated and written to HDFS "
           f"in {time.monotonic() - started:.1f}s")
 

@@ -1,33 +1,65 @@
-"""Session fixtures: the real local stack (Kafka, HDFS, Spark, InfluxDB), started once per test run."""
+"""Session fixtures: the suite's own local stack (Kafka, HDFS, Spark, InfluxDB), started once per test run.
+
+The suite never uses, stops or kills a stack a user is running: its stack has a state directory of
+its own (``BTC_TEST_STACK_DIR``, default ``.local-stack-tests/`` in the checkout) and its own ports
+(``TEST_PORTS``, each ``BTC_STACK_*_PORT`` can still be set by hand), fixed in ``pytest_configure``
+before any test module reads them.
+"""
 
 from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 import pytest
 
-from btc_assets.lib import config
+from btc_assets import config
+from btc_assets_tests.generated_days import csv_2024, csv_2025, day_2024, day_2025  # noqa: F401 - shared fixtures
+
+# The suite's engines listen here, never on the defaults a user's `btc-pipeline stack up` takes.
+TEST_PORTS = {
+    "BTC_STACK_KAFKA_PORT": 19092, "BTC_STACK_KAFKA_CONTROLLER_PORT": 19093,
+    "BTC_STACK_HDFS_PORT": 18020, "BTC_STACK_HDFS_HTTP_PORT": 19870,
+    "BTC_STACK_DATANODE_PORT": 19866, "BTC_STACK_DATANODE_HTTP_PORT": 19864, "BTC_STACK_DATANODE_IPC_PORT": 19867,
+    "BTC_STACK_INFLUX_PORT": 18086, "BTC_STACK_BINANCE_EMULATOR_PORT": 28765,
+}
+
+
+def test_stack_dir() -> str:
+    root = config.checkout_root()
+    return os.environ.get("BTC_TEST_STACK_DIR") or str((root or Path.cwd()) / ".local-stack-tests")
+
+
+test_stack_dir.__test__ = False  # a helper, not a test
+
+
+def pytest_configure(config):  # noqa: ARG001 - pytest's hook signature
+    # Whatever stack.env a user's shell points at is not the suite's: the suite's own state dir and ports.
+    os.environ["BTC_STACK_DIR"] = test_stack_dir()
+    os.environ["BTC_PROFILE"] = "local"
+    for name, port in TEST_PORTS.items():
+        os.environ.setdefault(name, str(port))
 
 
 @pytest.fixture(scope="session")
 def stack():
-    """The local stack, up for the whole session; stopped at the end only if this session started it.
+    """The suite's local stack, up for the whole session; stopped at the end only if this session started it.
 
     ``BTC_KEEP_STACK=1`` leaves it running for the next run (faster local iteration).
     """
-    from btc_assets.lib.stack.manager import LocalStack
+    from btc_localstack.manager import LocalStack
 
     local = LocalStack()
+    assert str(local.paths.state_dir) == str(Path(test_stack_dir()).resolve())
     started_here = not local.is_up()
     local.up()
     local.apply_env()
-    config.load_profile_env()
     yield local
     if started_here and os.environ.get("BTC_KEEP_STACK") != "1":
-        from btc_assets.lib.stream_service import StreamServices
+        from btc_localstack.streams import stream_services
 
-        StreamServices(local.paths.state_dir).stop_all()
+        stream_services(local.paths.state_dir).stop_all()
         local.down()
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import duckdb
 
-from btc_assets.lib import schema
+from btc_assets.contracts import schema
 
 
 def duckdb_bars(csv_path: Path) -> list[tuple]:

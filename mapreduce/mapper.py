@@ -5,7 +5,7 @@
 gives the minute bars of CONTRACTS.md section 4, exactly as a cluster run does:
 
     hadoop jar hadoop-streaming.jar \\
-        -files mapreduce/mapper.py,mapreduce/reducer.py,btc_assets/lib/bars.py,btc_assets/lib/schema.py \\
+        -files mapreduce/mapper.py,mapreduce/reducer.py,btc_assets/contracts/bars.py,btc_assets/contracts/schema.py \\
         -mapper "python3 mapper.py" -reducer "python3 reducer.py" -input <raw trades> -output <bars dir>
 
 In-mapper combining: the mapper keeps one ``bars.MinutePartial`` per minute in memory and writes
@@ -24,7 +24,7 @@ Counters, written once at the end on stderr as Hadoop Streaming reads them
 (schema.MALFORMED_REASONS) and their total ``malformed_lines``.
 
 One definition of the bar maths: this script imports ``bars`` and ``schema`` from
-btc_assets/lib, shipped beside it with ``-files`` on a cluster (then they are top-level modules
+btc_assets/contracts, shipped beside it with ``-files`` on a cluster (then they are top-level modules
 next to the script), or from the checkout when run in place; nothing is copied into mapreduce/.
 """
 
@@ -45,7 +45,7 @@ if os.path.exists(os.path.join(_HERE, "bars.py")):  # shipped with -files, as sy
     import schema
 else:  # run from a checkout, where mapreduce/ sits beside btc_assets/
     sys.path.insert(0, os.path.dirname(_HERE))
-    from btc_assets.lib import bars, schema
+    from btc_assets.contracts import bars, schema
 
 try:
     import numpy as np

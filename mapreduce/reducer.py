@@ -8,7 +8,7 @@ merge is associative and commutative) and written as one bar line of CONTRACTS.m
 the 16 fields of schema.BAR_FIELDS, tab-separated, no header.
 
 Counters on stderr at the end: ``minute_bars`` written and ``bad_partials`` (lines that did not
-parse, skipped). The bar maths come from btc_assets/lib/bars.py, found as mapper.py finds it.
+parse, skipped). The bar maths come from btc_assets/contracts/bars.py, found as mapper.py finds it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ if os.path.exists(os.path.join(_HERE, "bars.py")):  # shipped with -files, as sy
     import schema
 else:  # run from a checkout, where mapreduce/ sits beside btc_assets/
     sys.path.insert(0, os.path.dirname(_HERE))
-    from btc_assets.lib import bars, schema
+    from btc_assets.contracts import bars, schema
 
 
 def main() -> int:

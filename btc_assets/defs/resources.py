@@ -12,29 +12,28 @@ Profiles (``BTC_PROFILE``): ``local`` reads the endpoints the local stack wrote 
 from __future__ import annotations
 
 import os
-from pathlib import Path
-import re
-import subprocess
-import tempfile
-import time
+import sys
 from typing import Any
 
 import dagster as dg
 from pydantic import PrivateAttr
 
-from btc_assets.lib import kafka_io
-from btc_assets.lib.hdfs import Storage
-from btc_assets.lib.influx import Influx
-from btc_assets.lib.spark import SparkSettings, build_session
+from btc_assets import config
+
+from btc_assets.clients import kafka as kafka_io
+from btc_assets.clients.hadoop_streaming import StreamingJob, StreamingJobError, run_job, streaming_command
+from btc_assets.clients.storage import Storage
+from btc_assets.clients.influx import Influx
+from btc_assets.clients.spark import SparkSettings, build_session
 
 
 class StorageResource(dg.ConfigurableResource):
     """The storage root of the contract's layout: HDFS (via WebHDFS) or a ``file://`` directory."""
 
-    filesystem_url: str = "hdfs://127.0.0.1:8020"
-    webhdfs_url: str = "http://127.0.0.1:9870"
+    filesystem_url: str = config.default("BTC_HDFS_URL")
+    webhdfs_url: str = config.default("BTC_WEBHDFS_URL")
     user: str = ""
-    root: str = "/btc"
+    root: str = config.default("BTC_STORAGE_ROOT")
 
     _storage: Storage | None = PrivateAttr(default=None)
 
@@ -49,13 +48,13 @@ class StorageResource(dg.ConfigurableResource):
 class KafkaResource(dg.ConfigurableResource):
     """Kafka: the trade topics (one per symbol), producers, consumers and offsets."""
 
-    bootstrap_servers: str = "127.0.0.1:9092"
-    topic_template: str = "{symbol}-TRADES"
-    partitions: int = 3
-    replication: int = 1
+    bootstrap_servers: str = config.default("BTC_KAFKA_BOOTSTRAP_SERVERS")
+    topic_template: str = config.default("BTC_KAFKA_TOPIC_TEMPLATE")
+    partitions: int = int(config.default("BTC_KAFKA_PARTITIONS"))
+    replication: int = int(config.default("BTC_KAFKA_REPLICATION"))
 
     def topic(self, symbol: str) -> str:
-        from btc_assets.lib.schema import trade_topic
+        from btc_assets.contracts.schema import trade_topic
 
         return trade_topic(symbol, self.topic_template)
 
@@ -76,8 +75,8 @@ class KafkaResource(dg.ConfigurableResource):
 class SparkResource(dg.ConfigurableResource):
     """A Spark session (local mode or a cluster master) with the Kafka connector and HDFS configured."""
 
-    master: str = "local[2]"
-    driver_memory: str = "2g"
+    master: str = config.default("BTC_SPARK_MASTER")
+    driver_memory: str = config.default("BTC_SPARK_DRIVER_MEMORY")
     jars: str = ""
     packages: str = ""
     ivy_dir: str = ""
@@ -94,98 +93,59 @@ class SparkResource(dg.ConfigurableResource):
 
 
 class MapReduceResource(dg.ConfigurableResource):
-    """Hadoop Streaming jobs: LocalJobRunner against HDFS (local profile) or YARN (cluster)."""
+    """Hadoop Streaming jobs: LocalJobRunner against HDFS (local profile) or YARN (cluster).
 
-    framework: str = "local"
+    A job runs as a child process through Dagster Pipes (``PipesSubprocessClient`` around
+    ``btc_assets.clients.hadoop_streaming``): its progress lines and counters reach the run, and a
+    cancelled run kills the JVM.
+    """
+
+    framework: str = config.default("BTC_MAPREDUCE_FRAMEWORK")
     hadoop_classpath: str = ""
     streaming_jar: str = ""
     conf_dir: str = ""
-    hdfs_url: str = "hdfs://127.0.0.1:8020"
+    hdfs_url: str = config.default("BTC_HDFS_URL")
     heap: str = "1g"
 
-    def command(self, *, mapper: str, reducer: str | None, inputs: list[str], output: str,
-                files: list[str] = (), conf: dict[str, str] | None = None) -> list[str]:
-        """The streaming command line; ``mapper``/``reducer`` are Python script paths, shipped with
-        ``-files`` and run with this interpreter (local) or ``python3`` on the cluster's nodes."""
-        from btc_assets.lib.stack.hadoop import streaming_command
+    def command(self, job: StreamingJob) -> list[str]:
+        return streaming_command(job, framework=self.framework, hdfs_url=self.hdfs_url,
+                                 classpath=self.hadoop_classpath, conf_dir=self.conf_dir,
+                                 streaming_jar=self.streaming_jar, heap=self.heap)
 
-        settings = {"mapreduce.framework.name": self.framework, "fs.defaultFS": self.hdfs_url}
-        settings.update(conf or {})
-        if self.hadoop_classpath:
-            return streaming_command(self.hadoop_classpath, self.conf_dir or None, mapper, reducer, inputs,
-                                     output, files=list(files), extra_conf=settings, heap=self.heap)
-        # A cluster client: the `hadoop` launcher of the user's Hadoop installation.
-        command = ["hadoop", "jar", self.streaming_jar]
-        for key, value in settings.items():
-            command += ["-D", f"{key}={value}"]
-        command += ["-files", ",".join([mapper, *([reducer] if reducer else []), *files])]
-        for path in inputs:
-            command += ["-input", path]
-        command += ["-output", output, "-mapper", f"python3 {Path(mapper).name}"]
-        return command + (["-reducer", f"python3 {Path(reducer).name}"] if reducer else [])
-
-    def run(self, log=None, **job) -> dict[str, int]:
-        """Run a streaming job to completion; return its counters (``group.name`` -> value)."""
-        command = self.command(**job)
-        started = time.monotonic()
+    def env(self) -> dict[str, str]:
         env = dict(os.environ)
         if self.conf_dir:
             env["HADOOP_CONF_DIR"] = self.conf_dir
-        # LocalJobRunner links the -files into the JVM's working directory: one fresh one per job.
-        with tempfile.TemporaryDirectory(prefix="btc-streaming-") as workdir:
-            proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    env=env, cwd=workdir)
-            lines = []
-            for line in proc.stdout:
-                lines.append(line.rstrip("\n"))
-                if log is not None and (" map " in line or "Job " in line or "ERROR" in line):
-                    log.info(line.rstrip())
-            proc.wait()
-        if proc.returncode != 0:
-            raise RuntimeError(f"Hadoop Streaming job failed (exit {proc.returncode}) after "
-                               f"{time.monotonic() - started:.0f}s. What the scripts printed:\n"
-                               + "\n".join(script_output(lines)[-30:])
-                               + "\nThe job's last lines:\n" + "\n".join(lines[-8:]))
-        return parse_counters(lines)
+        return env
 
+    def run(self, job: StreamingJob, context: dg.AssetExecutionContext | None = None) -> dict[str, int]:
+        """Run a streaming job to completion; return its counters (``group.name`` -> value).
 
-JVM_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d|\s+at |\t|java\.|Caused by|Streaming Command|\s*\.\.\. \d+ more)")
-
-
-def script_output(lines: list[str]) -> list[str]:
-    """The lines of a job's output that the mapper/reducer wrote (tracebacks), not Hadoop's own logs."""
-    return [line for line in lines if line.strip() and not JVM_LINE.match(line)]
-
-
-def parse_counters(lines: list[str]) -> dict[str, int]:
-    """Counters from a Hadoop job's console output: ``{"group.counter": value}``.
-
-    The job prints ``Counters: N`` and then one tab-indented line per group and a doubly indented
-    ``name=value`` line per counter.
-    """
-    counters: dict[str, int] = {}
-    group = None
-    in_counters = False
-    for line in lines:
-        if re.search(r"Counters: \d+\s*$", line):
-            in_counters, group = True, None
-        elif in_counters and line.startswith("\t\t") and group:
-            name, _, value = line.strip().rpartition("=")
-            if value.isdigit():
-                counters[f"{group}.{name}"] = int(value)
-        elif in_counters and line.startswith("\t"):
-            group = line.strip()
-        else:
-            in_counters = False
-    return counters
+        With a Dagster ``context`` the job goes through Pipes; without one (the benchmark, scripts) the
+        same runner function is called in this process.
+        """
+        command = self.command(job)
+        if context is None:
+            return run_job(command, env=self.env())
+        invocation = dg.PipesSubprocessClient(forward_stdio=False).run(
+            context=context, command=[sys.executable, "-m", "btc_assets.clients.hadoop_streaming"],
+            extras={"command": command}, env=self.env())
+        messages = [message for message in invocation.get_custom_messages() if isinstance(message, dict)]
+        for message in messages:
+            if "error" in message:
+                raise StreamingJobError(message["error"])
+        counters = [message["counters"] for message in messages if "counters" in message]
+        if not counters:
+            raise StreamingJobError("the Hadoop Streaming runner reported no counters; see the run's logs")
+        return counters[-1]
 
 
 class InfluxResource(dg.ConfigurableResource):
     """InfluxDB 2: writes with the write-only token, queries with the read-only token."""
 
-    url: str = "http://127.0.0.1:8086"
-    org: str = "btc"
-    bucket: str = "btc"
+    url: str = config.default("BTC_INFLUX_URL")
+    org: str = config.default("BTC_INFLUX_ORG")
+    bucket: str = config.default("BTC_INFLUX_BUCKET")
     write_token: str = ""
     read_token: str = ""
     admin_token: str = ""
@@ -204,8 +164,8 @@ class InfluxResource(dg.ConfigurableResource):
 
 def build_resources() -> dict[str, Any]:
     """The resource set. Every value is an ``EnvVar`` resolved at run time from the profile's
-    environment (``btc_assets.lib.config.load_profile_env`` fills in the defaults and, for the local
-    profile, the stack's endpoints and credentials)."""
+    environment: the local stack's ``stack.env`` (which lists every setting, defaults included) or the
+    cluster's environment (``.env`` from ``.env.example``). A missing variable fails the run by name."""
     env = dg.EnvVar
     return {
         "storage": StorageResource(filesystem_url=env("BTC_HDFS_URL"), webhdfs_url=env("BTC_WEBHDFS_URL"),
@@ -232,12 +192,12 @@ def build_resources() -> dict[str, Any]:
 class BinanceHistoryResource(dg.ConfigurableResource):
     """data.binance.vision (or the emulator): daily trade zips with their SHA-256 checksums."""
 
-    base_url: str = "https://data.binance.vision"
+    base_url: str = config.default("BTC_BINANCE_HISTORY_URL")
     retries: int = 5
     backoff_seconds: float = 1.0
 
     def client(self, log=None):
-        from btc_assets.lib.history import HistoryClient
+        from btc_assets.history.download import HistoryClient
 
         return HistoryClient(base_url=self.base_url, retries=self.retries, backoff_seconds=self.backoff_seconds,
                              log=log or print)
@@ -251,6 +211,6 @@ class StreamResource(dg.ConfigurableResource):
     cooldown_seconds: float = 600.0
 
     def services(self):
-        from btc_assets.lib.stream_service import StreamServices
+        from btc_assets.stream.services import StreamServices
 
         return StreamServices()

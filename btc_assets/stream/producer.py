@@ -3,7 +3,7 @@
     python -m btc_assets.stream.producer --symbols BTCUSDT,ETHUSDT
     btc-pipeline produce --symbols BTCUSDT,ETHUSDT        (the CLI calls ``main(argv)``)
 
-Endpoints and names come from the settings (btc_assets.lib.config): BTC_BINANCE_WS_URL,
+Endpoints and names come from the settings (btc_assets.config): BTC_BINANCE_WS_URL,
 BTC_BINANCE_REST_URL, BTC_KAFKA_BOOTSTRAP_SERVERS, BTC_KAFKA_TOPIC_TEMPLATE, BTC_SYMBOLS.
 
 As in cryptofeed, the feed and the sink are separate, with a bounded queue between them:
@@ -72,8 +72,12 @@ import requests
 import websocket
 from kafka.errors import KafkaError, KafkaTimeoutError
 
-from btc_assets.lib import config, kafka_io, schema
-from btc_assets.lib.schema import MalformedTrade
+from btc_assets import config
+
+from btc_assets.clients import kafka as kafka_io
+
+from btc_assets.contracts import schema
+from btc_assets.contracts.schema import MalformedTrade
 
 log = logging.getLogger("btc_assets.stream.producer")  # not __name__: that is "__main__" under `python -m`
 
@@ -116,8 +120,8 @@ class ProducerSettings:
             rest_url=config.get("BTC_BINANCE_REST_URL"),
             bootstrap_servers=config.get("BTC_KAFKA_BOOTSTRAP_SERVERS"),
             topic_template=config.get("BTC_KAFKA_TOPIC_TEMPLATE"),
-            partitions=int(config.get("BTC_KAFKA_PARTITIONS")),
-            replication=int(config.get("BTC_KAFKA_REPLICATION")),
+            partitions=config.get_int("BTC_KAFKA_PARTITIONS"),
+            replication=config.get_int("BTC_KAFKA_REPLICATION"),
         )
         settings.update({name: value for name, value in overrides.items() if value is not None})
         return cls(**settings)

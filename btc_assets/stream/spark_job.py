@@ -23,7 +23,7 @@ It reads like Spark's structured_kafka_wordcount.py, top to bottom (see ``SparkS
 and a supervisor loop on the driver restarts a query that died (from its checkpoint, logged and counted)
 and writes `pipeline_health` every few seconds.
 
-Written to InfluxDB (CONTRACTS.md section 5; lines from btc_assets.lib.points, write token):
+Written to InfluxDB (CONTRACTS.md section 5; lines from btc_assets.contracts.points, write token):
 
     trades,symbol=BTCUSDT price=84123.45,quantity=0.0015,quote_quantity=126.185175,is_buyer_maker=true,trade_id=4712345678i 1743512345678345678
         time = schema.trade_point_time_ns(T, t): a replayed trade lands on the same point again
@@ -62,8 +62,12 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Iterable
 
-from btc_assets.lib import bars, config, kafka_io, points, schema
-from btc_assets.lib.influx import Influx, InfluxWriteRefused
+from btc_assets.contracts import bars, points, schema
+
+from btc_assets import config
+
+from btc_assets.clients import kafka as kafka_io
+from btc_assets.clients.influx import Influx, InfluxWriteRefused
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -129,18 +133,17 @@ class StreamSettings:
     @classmethod
     def from_env(cls, **overrides) -> StreamSettings:
         """Settings from the environment (the local profile fills it from the stack's env file first)."""
-        config.load_profile_env()
-        env = {setting.name: os.environ.get(setting.name) or setting.default for setting in config.STREAM_SETTINGS}
+        env = {setting.name: config.get(setting.name) for setting in config.STREAM_SETTINGS}
         values = dict(
             symbols=tuple(config.symbols()),
             bootstrap_servers=config.get("BTC_KAFKA_BOOTSTRAP_SERVERS"),
             topic_template=config.get("BTC_KAFKA_TOPIC_TEMPLATE"),
-            partitions=int(config.get("BTC_KAFKA_PARTITIONS")),
-            replication=int(config.get("BTC_KAFKA_REPLICATION")),
+            partitions=config.get_int("BTC_KAFKA_PARTITIONS"),
+            replication=config.get_int("BTC_KAFKA_REPLICATION"),
             influx_url=config.get("BTC_INFLUX_URL"),
             influx_org=config.get("BTC_INFLUX_ORG"),
             influx_bucket=config.get("BTC_INFLUX_BUCKET"),
-            influx_token=os.environ.get("BTC_INFLUX_WRITE_TOKEN", ""),
+            influx_token=config.get_optional("BTC_INFLUX_WRITE_TOKEN"),
             checkpoint_root=config.get("BTC_HDFS_URL").rstrip("/") + config.get("BTC_STORAGE_ROOT"),
             trigger=env["BTC_STREAM_TRIGGER"],
             bars_trigger=env["BTC_STREAM_BARS_TRIGGER"],
@@ -767,7 +770,7 @@ def build_spark(settings: StreamSettings) -> SparkSession:
     """The job's SparkSession: from spark-submit's configuration, or built like every other session here."""
     from pyspark.sql import SparkSession
 
-    from btc_assets.lib.spark import SparkSettings, build_session
+    from btc_assets.clients.spark import SparkSettings, build_session
 
     extra = {"spark.sql.shuffle.partitions": str(settings.shuffle_partitions),
              "spark.sql.execution.arrow.pyspark.enabled": "true",
@@ -783,8 +786,8 @@ def build_spark(settings: StreamSettings) -> SparkSession:
     master = re.sub(r"^local\[(\d+|\*)\]$", r"local[\1,4]", master)
     return build_session(SparkSettings(
         master=master, app_name="btc-spark-stream", driver_memory=config.get("BTC_SPARK_DRIVER_MEMORY"),
-        jars=os.environ.get("BTC_SPARK_JARS", ""), packages=os.environ.get("BTC_SPARK_PACKAGES", ""),
-        ivy_dir=os.environ.get("BTC_SPARK_IVY_DIR", ""), hdfs_url=config.get("BTC_HDFS_URL"), extra=extra))
+        jars=config.get_optional("BTC_SPARK_JARS"), packages=config.get_optional("BTC_SPARK_PACKAGES"),
+        ivy_dir=config.get_optional("BTC_SPARK_IVY_DIR"), hdfs_url=config.get("BTC_HDFS_URL"), extra=extra))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -806,6 +809,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)  # kafka-python logs every connection at INFO
+    config.load_profile_env()  # the Python workers Spark starts see the same settings
     overrides = {key: value for key, value in {
         "symbols": tuple(s.strip().upper() for s in args.symbols.split(",") if s.strip()) if args.symbols else None,
         "topic_template": args.topic_template, "influx_bucket": args.bucket,

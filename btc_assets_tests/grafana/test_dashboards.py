@@ -7,15 +7,19 @@ import time
 
 import pytest
 
-from btc_assets.lib import bars, dashboards, generator, points, schema
-from btc_assets.lib.influx import Influx
+from btc_assets.contracts import bars, points, schema
+
+from btc_assets import dashboards
+
+from btc_testkit import generator
+from btc_assets.clients.influx import Influx
 
 DAY = "2025-04-01"
 
 
 def test_committed_dashboards_are_generated_from_code():
     for uid in dashboards.DASHBOARDS:
-        committed = (dashboards.DASHBOARD_DIR / f"{uid}.json").read_text()
+        committed = (dashboards.dashboard_dir() / f"{uid}.json").read_text()
         assert committed == dashboards.render(uid), f"run `btc-pipeline dashboards` to refresh {uid}.json"
         for panel in json.loads(committed)["panels"]:
             assert panel["datasource"]["uid"] == "btc-influxdb" and panel["btcFields"]

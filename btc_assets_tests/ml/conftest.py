@@ -7,7 +7,10 @@ import uuid
 
 import pytest
 
-from btc_assets.lib import models, schema
+from btc_testkit import bars as known_bars
+from btc_assets.ml import models
+
+from btc_assets.contracts import schema
 
 SYMBOL = "BTCUSDT"
 FIRST_DAY = "2025-04-01"
@@ -22,14 +25,14 @@ SMALL = models.ModelParams(rf_num_trees=20, rf_max_depth=5, rf_max_bins=32,
 @pytest.fixture(scope="session")
 def signal_bars():
     """A week of bars whose next-minute return follows the taker-buy share: there is something to learn."""
-    return models.generated_bars(FIRST_DAY, DAYS, symbol=SYMBOL, trades_per_day=TRADES_PER_DAY, seed=5,
+    return known_bars.generated_bars(FIRST_DAY, DAYS, symbol=SYMBOL, trades_per_day=TRADES_PER_DAY, seed=5,
                                  taker_signal=TAKER_SIGNAL)
 
 
 @pytest.fixture(scope="session")
 def noise_bars():
     """A week of the generator's random walk: the next return cannot be predicted."""
-    return models.generated_bars(FIRST_DAY, DAYS, symbol=SYMBOL, trades_per_day=TRADES_PER_DAY, seed=6)
+    return known_bars.generated_bars(FIRST_DAY, DAYS, symbol=SYMBOL, trades_per_day=TRADES_PER_DAY, seed=6)
 
 
 def first_days(bars, days: int):

@@ -7,10 +7,12 @@ import math
 
 import dagster as dg
 
-from btc_assets.defs.batch.assets import minute_bars
+from btc_testkit import bars as known_bars
+from btc_assets.defs.history.assets import minute_bars
 from btc_assets.defs.ml.assets import MODEL_ASSETS, price_models, training_set
 from btc_assets.defs.resources import build_resources
-from btc_assets.lib import features, models, schema
+from btc_assets.ml import features, models
+from btc_assets.contracts import schema
 from btc_assets_tests.ml.conftest import SYMBOL, first_days
 
 MODEL_KEYS = {dg.AssetKey(key) for key in MODEL_ASSETS.values()}
@@ -32,10 +34,10 @@ def test_ml_assets_load_with_the_batch_assets():
 def test_materialize_training_set_and_price_models(resources, ml_storage, signal_bars):
     storage = ml_storage.storage
     bars = first_days(signal_bars, 5)  # 3 days train, 1 validates, 1 tests
-    days = models.write_bars(storage, bars, SYMBOL)
+    days = known_bars.write_bars(storage, bars, SYMBOL)
     # A MapReduce job still writing its output: the training set must not read it twice.
     staging = schema.minute_bars_dir(storage.root, SYMBOL, days[0]) + "._tmp"
-    storage.replace(f"{staging}/part-00000", models.bars_text(bars.head(1440)).encode())
+    storage.replace(f"{staging}/part-00000", known_bars.bars_text(bars.head(1440)).encode())
 
     run_resources = {"spark": resources["spark"], "storage": ml_storage}
     result = dg.materialize([training_set, price_models], resources=run_resources,
@@ -77,7 +79,7 @@ def test_materialize_training_set_and_price_models(resources, ml_storage, signal
 
 def test_price_models_subset_and_seed_replication(resources, ml_storage, signal_bars):
     storage = ml_storage.storage
-    models.write_bars(storage, first_days(signal_bars, 4), SYMBOL)
+    known_bars.write_bars(storage, first_days(signal_bars, 4), SYMBOL)
     run_resources = {"spark": resources["spark"], "storage": ml_storage}
     assert dg.materialize([training_set], resources=run_resources).success
     small = {"rf_num_trees": 10, "rf_max_depth": 4, "seed_replication": True, "version": "v-seed"}

@@ -6,7 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from btc_assets.lib import features, models, schema
+from btc_testkit import bars as known_bars
+from btc_assets.ml import features
+
+from btc_assets.contracts import schema
 from btc_assets_tests.ml.conftest import SYMBOL, spark_bars
 
 VOLATILE = ["open", "high", "low", "close", "avg_price", "vwap", "volume", "quote_volume", "avg_quantity",
@@ -135,10 +138,10 @@ def test_minute_bars_read_from_contract_text(spark, tmp_path, signal_bars):
     bars = signal_bars.head(300).reset_index(drop=True)
     day_dir = tmp_path / "agg" / "minute" / f"symbol={SYMBOL}" / "date=2025-04-01"
     day_dir.mkdir(parents=True)
-    (day_dir / "part-00000").write_text(models.bars_text(bars))
+    (day_dir / "part-00000").write_text(known_bars.bars_text(bars))
     staging = tmp_path / "agg" / "minute" / f"symbol={SYMBOL}" / "date=2025-04-01._tmp"
     staging.mkdir()
-    (staging / "part-00000").write_text(models.bars_text(bars))  # a running job's output: never read
+    (staging / "part-00000").write_text(known_bars.bars_text(bars))  # a running job's output: never read
     read = features.read_minute_bars(spark, f"file://{tmp_path}/agg/minute")
     assert read.count() == len(bars)
     from_text = features.feature_frame(read).toPandas().sort_values(features.MINUTE_INDEX, ignore_index=True)

@@ -7,7 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from btc_assets.lib import features, models, schema
+from btc_assets.ml import features, models
+
+from btc_assets.contracts import schema
 from btc_assets_tests.ml.conftest import SMALL, spark_bars
 
 NO_SKILL = 0.01  # on pure noise a model may not claim more than this

@@ -14,7 +14,9 @@ import pytest
 
 from btc_assets.defs.ml.predictions import price_predictions
 from btc_assets.defs.resources import InfluxResource, StorageResource
-from btc_assets.lib import dashboards, features, models, points, predictions, schema
+from btc_assets import dashboards
+from btc_assets.ml import features, models, predictions
+from btc_assets.contracts import points, schema
 from btc_assets_tests.ml.conftest import SMALL, SYMBOL, first_days, spark_bars
 
 LIVE_BARS = 45  # complete bars written as the stream would: 29 of them have the 16 bars of history a prediction needs

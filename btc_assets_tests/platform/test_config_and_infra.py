@@ -6,8 +6,8 @@ import re
 
 import yaml
 
-from btc_assets.lib import config
-from btc_assets.lib.stack.base import REPO_ROOT
+from btc_assets import config
+from btc_localstack.base import REPO_ROOT
 
 SECRET_KEY = re.compile(r"PASSWORD|TOKEN|SECRET", re.IGNORECASE)
 

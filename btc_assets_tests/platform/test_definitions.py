@@ -8,8 +8,8 @@ import sys
 
 import dagster as dg
 
-from btc_assets.definitions import defs
-from btc_assets.lib.stack.base import REPO_ROOT
+from btc_assets.definitions import defs as load_definitions
+from btc_localstack.base import REPO_ROOT
 
 PLATFORM_ASSETS = {"trade_topics", "influx_bucket"}
 EVERY_ASSET = PLATFORM_ASSETS | {"raw_trades", "minute_bars", "live_trades", "live_bars", "training_set",
@@ -18,18 +18,26 @@ EVERY_ASSET = PLATFORM_ASSETS | {"raw_trades", "minute_bars", "live_trades", "li
 
 
 def test_definitions_validate_and_list_assets():
-    dg.Definitions.validate_loadable(defs)
-    keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    environment = dict(os.environ)
+    definitions = load_definitions()
+    assert dict(os.environ) == environment, "loading the definitions changed the environment"
+    dg.Definitions.validate_loadable(definitions)
+    keys = {key.to_user_string() for key in definitions.resolve_asset_graph().get_all_asset_keys()}
     assert keys == EVERY_ASSET
     for key in keys:
-        spec = defs.resolve_assets_def(key)
+        spec = definitions.resolve_assets_def(key)
         assert spec.descriptions_by_key[dg.AssetKey.from_user_string(key)], f"{key} has no description"
-    assert set(defs.resources) >= {"storage", "kafka", "spark", "mapreduce", "influx"}
+    checks = {key.name for key in definitions.resolve_asset_graph().asset_check_keys}
+    assert {"trades_conserved", "volume_conserved", "ohlc_consistent", "bars_inside_day",
+            "trade_ids_contiguous"} <= checks
+    assert set(definitions.resources) >= {"storage", "kafka", "spark", "mapreduce", "influx"}
     # Live predictions every 5 minutes, off until switched on (they need the stream and saved models).
-    schedule = defs.resolve_schedule_def("price_predictions_schedule")
+    schedule = definitions.resolve_schedule_def("price_predictions_schedule")
     assert schedule.cron_schedule == "*/5 * * * *" and schedule.default_status == dg.DefaultScheduleStatus.STOPPED
-    job = defs.resolve_job_def("price_predictions_job")
+    job = definitions.resolve_job_def("price_predictions_job")
     assert {key.to_user_string() for key in job.asset_layer.selected_asset_keys} == {"price_predictions"}
+    assert {job.name for job in definitions.resolve_all_job_defs()} >= {"history_job", "restart_stream_job"}
+    assert definitions.resolve_sensor_def("stream_health_sensor")
 
 
 def test_dagster_cli_materializes_platform_assets(stack, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import textwrap
 
-from btc_assets.lib.hdfs import StorageError
+from btc_assets.clients.storage import StorageError
 
 
 def test_storage_write_then_spark_reads_hdfs(resources, spark, unique):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from btc_assets.lib.influx import Influx, InfluxWriteRefused
+from btc_assets.clients.influx import Influx, InfluxWriteRefused
 
 POINTS = 10_000
 

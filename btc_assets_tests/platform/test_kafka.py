@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from btc_assets.lib import kafka_io
+from btc_assets.clients import kafka as kafka_io
 
 MESSAGES = 10_000
 

@@ -7,13 +7,13 @@ import re
 import subprocess
 import sys
 
-from btc_assets.lib.stack.base import REPO_ROOT
-from btc_assets.lib.stream_service import StreamServices
+from btc_localstack.base import REPO_ROOT
+from btc_localstack.streams import stream_services
 
 
 def run_demo(home) -> subprocess.CompletedProcess:
     env = dict(os.environ, DAGSTER_HOME=str(home))
-    return subprocess.run([sys.executable, "-m", "btc_assets.cli", "demo", "--days", "3", "--trades-per-day", "20000"], cwd=REPO_ROOT,
+    return subprocess.run([sys.executable, "-m", "btc_localstack.cli", "demo", "--days", "3", "--trades-per-day", "20000"], cwd=REPO_ROOT,
                           env=env, capture_output=True, text=True, timeout=1800)
 
 
@@ -21,7 +21,7 @@ def test_demo_runs_twice(stack, tmp_path):
     try:
         demo_twice(tmp_path)
     finally:
-        StreamServices(stack.paths.state_dir).stop_all()  # the demo leaves the live path running
+        stream_services(stack.paths.state_dir).stop_all()  # the demo leaves the live path running
     assert stack.is_up()
 
 

@@ -17,28 +17,20 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _local_stack_is_up() -> bool:
-    from btc_assets.lib.stack.manager import LocalStack
-
-    return LocalStack().is_up()
-
-
 @pytest.fixture(scope="session")
 def kafka_bootstrap(request, tmp_path_factory) -> Iterator[str]:
     """A real Kafka broker's bootstrap servers.
 
-    The session ``stack``'s Kafka when the local stack is up (the full suite) or BTC_TEST_KAFKA=stack;
-    otherwise (BTC_TEST_KAFKA=own, or the stack is down) a KafkaService of our own on free ports,
-    never 9092/9093. BTC_TEST_KAFKA_STATE_DIR and BTC_TEST_KAFKA_PORT/_CONTROLLER_PORT pin that broker
+    The session ``stack``'s Kafka (the suite's own stack); with BTC_TEST_KAFKA=own a KafkaService of its
+    own on free ports instead (stream tests without the rest of the stack), never 9092/9093. BTC_TEST_KAFKA_STATE_DIR and BTC_TEST_KAFKA_PORT/_CONTROLLER_PORT pin that broker
     (reused if it is already running there, and then left running).
     """
-    mode = os.environ.get("BTC_TEST_KAFKA", "auto")
-    if mode == "stack" or (mode == "auto" and _local_stack_is_up()):
+    if os.environ.get("BTC_TEST_KAFKA", "stack") != "own":
         yield request.getfixturevalue("stack").services["kafka"].bootstrap_servers
         return
 
-    from btc_assets.lib.stack.base import StackPaths
-    from btc_assets.lib.stack.kafka import KafkaService
+    from btc_localstack.base import StackPaths
+    from btc_localstack.kafka import KafkaService
 
     state_dir = Path(os.environ.get("BTC_TEST_KAFKA_STATE_DIR") or tmp_path_factory.mktemp("stream-stack"))
     ports = {"BTC_STACK_KAFKA_PORT": os.environ.get("BTC_TEST_KAFKA_PORT") or str(_free_port()),

@@ -7,7 +7,9 @@ import json
 import time
 from typing import Callable, Iterator
 
-from btc_assets.lib import kafka_io, schema
+from btc_assets.clients import kafka as kafka_io
+
+from btc_assets.contracts import schema
 from btc_assets.stream.producer import ProducerSettings, TradeProducerService
 
 

@@ -16,8 +16,12 @@ from typing import Callable
 
 import numpy as np
 
-from btc_assets.lib import generator, kafka_io, schema
-from btc_assets.lib.influx import Influx
+from btc_testkit import generator
+
+from btc_assets.clients import kafka as kafka_io
+
+from btc_assets.contracts import schema
+from btc_assets.clients.influx import Influx
 from btc_assets.stream.spark_job import StreamSettings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -12,9 +12,9 @@ import time
 
 import requests
 
-from btc_assets.lib import schema
-from btc_assets.lib.stack.base import REPO_ROOT
-from btc_assets.stream.binance_emulator import BinanceEmulator
+from btc_assets.contracts import schema
+from btc_localstack.base import REPO_ROOT
+from btc_testkit.binance_emulator import BinanceEmulator
 
 from .helpers import produce_all, producer_settings, read_topic, running_producer, trade_ids, wait_for
 

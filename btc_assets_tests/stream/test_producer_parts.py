@@ -8,9 +8,9 @@ import time
 import pytest
 import requests
 
-from btc_assets.lib import schema
-from btc_assets.lib.schema import MalformedTrade
-from btc_assets.stream.binance_emulator import BinanceEmulator, parse_streams, websocket_accept
+from btc_assets.contracts import schema
+from btc_assets.contracts.schema import MalformedTrade
+from btc_testkit.binance_emulator import BinanceEmulator, parse_streams, websocket_accept
 from btc_assets.stream.producer import (Backoff, event_from_historical_trade, is_server_shutdown, split_message,
                                         stream_url)
 
@@ -135,7 +135,7 @@ def test_emulator_warmup_opens_the_market_in_the_past_then_runs_in_real_time():
 
 
 def test_emulator_clock_trade_ids_rise_across_restarts():
-    from btc_assets.stream.binance_emulator import clock_trade_id
+    from btc_testkit.binance_emulator import clock_trade_id
 
     first = clock_trade_id(1_764_580_000)
     assert clock_trade_id(1_764_580_001) - first == 100_000  # a run of a second at up to 100,000 trades/s
@@ -143,7 +143,7 @@ def test_emulator_clock_trade_ids_rise_across_restarts():
 
 
 def test_emulator_endless_market_continues_its_price_across_generated_days():
-    from btc_assets.stream import binance_emulator as emulator
+    from btc_testkit import binance_emulator as emulator
 
     scale = emulator.endless_price_scale(300, 1)  # a generated day's 100,000 trades last 5.6 minutes at 300/s
     assert scale == pytest.approx((emulator.ENDLESS_CHUNK / 300 / 86_400) ** 0.5)

@@ -10,7 +10,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from btc_assets.lib import bars, generator, kafka_io, schema
+from btc_assets.contracts import bars, schema
+
+from btc_testkit import generator
+
+from btc_assets.clients import kafka as kafka_io
 from btc_assets.stream import spark_job
 from btc_assets_tests.stream.spark_fixtures import (
     JobProcess,

@@ -3,9 +3,10 @@
 import dagster as dg
 from pydantic import Field
 
-from btc_assets.defs.batch.assets import minute_bars
+from btc_assets.defs.history.assets import minute_bars
 from btc_assets.defs.resources import SparkResource, StorageResource
-from btc_assets.lib import features, models, schema
+from btc_assets.ml import features, models
+from btc_assets.contracts import schema
 
 TRAINING_SET_PATH = "ml/training_set"
 MINUTE_BARS_PATH = "agg/minute"
@@ -23,7 +24,7 @@ def training_set(context: dg.AssetExecutionContext, config: TrainingSetConfig, s
     """Features and target for every minute of every materialized day, split by day into train / validation / test.
 
     Spark reads all minute bars in HDFS (`/btc/agg/minute/symbol=*/date=*/part-*`) and computes
-    the features of `btc_assets.lib.features`: lagged returns, VWAP deviation, volume and trade
+    the features of `btc_assets.ml.features`: lagged returns, VWAP deviation, volume and trade
     count relative to the last 15 minutes, maker ratio, taker-buy share, time of day and week, all
     from the current and earlier bars only. The target is the next minute's close as a return on
     the current close. Days are split in time order (earlier days train, the next validate, the

@@ -8,8 +8,9 @@ from pydantic import Field
 from btc_assets.defs.ml.assets import MODEL_ASSETS
 from btc_assets.defs.resources import InfluxResource, SparkResource, StorageResource
 from btc_assets.defs.stream.assets import live_bars
-from btc_assets.lib import config as settings
-from btc_assets.lib import features, models, predictions, schema
+from btc_assets import config as settings
+from btc_assets.ml import features, models, predictions
+from btc_assets.contracts import schema
 
 
 class PricePredictionsConfig(dg.Config):

@@ -3,8 +3,8 @@
 import dagster as dg
 
 from btc_assets.defs.resources import InfluxResource, KafkaResource
-from btc_assets.lib import config
-from btc_assets.lib.schema import dlq_topic
+from btc_assets import config
+from btc_assets.contracts.schema import dlq_topic
 
 
 @dg.asset(group_name="platform", kinds={"kafka"})

@@ -7,8 +7,9 @@ import dagster as dg
 
 from btc_assets.defs.resources import InfluxResource, KafkaResource, StorageResource, StreamResource
 from btc_assets.defs.stream.assets import live_bars, live_trades
-from btc_assets.lib import config, schema
-from btc_assets.lib.stream_health import measure
+from btc_assets import config
+from btc_assets.contracts import schema
+from btc_assets.stream.health import measure
 
 
 @dg.op

@@ -1,0 +1,244 @@
+"""Every setting of the pipeline: one table of environment variables, read in one place.
+
+The README's configuration table and `.env.example` are generated from ``SETTINGS`` (and a test
+checks they agree), so a variable is documented exactly where it is defined, with its one default.
+The Dagster resources (``EnvVar``), the producer and the Spark job all read their values through
+this module. The ``local`` profile fills the endpoints and credentials in from the env file the
+local stack writes (``$BTC_STACK_DIR/stack.env``); the ``cluster`` profile takes them from the
+environment alone. Nothing here changes ``os.environ`` at import.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+PROFILES = ("local", "cluster")
+DISTRIBUTION = "btc-trades-pipeline"
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str
+    meaning: str
+    secret: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("BTC_PROFILE", "local", "`local`: the stack `btc-pipeline stack up` starts on this machine; "
+            "`cluster`: external services (docker compose in `infra/` or your own clusters)"),
+    Setting("BTC_STACK_DIR", "<repo>/.local-stack", "local stack: data, logs, pids and the generated `stack.env`"),
+    Setting("BTC_CACHE_DIR", "<~/.cache/btc-pipeline>", "downloaded jars and the built InfluxDB, shared by all checkouts"),
+    Setting("BTC_DATA_DIR", "<the checkout, else <prefix>/share/btc-trades-pipeline>",
+            "the folder holding `mapreduce/` (the Hadoop Streaming scripts) and `grafana/` (dashboards); "
+            "a non-editable install (the Docker image) carries them under `<prefix>/share/btc-trades-pipeline`"),
+    Setting("BTC_SYMBOLS", "BTCUSDT", "comma-separated symbols the pipeline handles"),
+    # Kafka
+    Setting("BTC_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092", "Kafka bootstrap servers"),
+    Setting("BTC_KAFKA_TOPIC_TEMPLATE", "{symbol}-TRADES", "trade topic name per symbol; dead letters go to `<topic>.dlq`"),
+    Setting("BTC_KAFKA_PARTITIONS", "3", "partitions of each trade topic"),
+    Setting("BTC_KAFKA_REPLICATION", "1", "replication factor of the topics (3 on a real cluster)"),
+    # Storage (HDFS)
+    Setting("BTC_HDFS_URL", "hdfs://127.0.0.1:8020", "HDFS NameNode URL (Spark and MapReduce read and write here)"),
+    Setting("BTC_WEBHDFS_URL", "http://127.0.0.1:9870", "NameNode WebHDFS endpoint (the Python storage client)"),
+    Setting("BTC_HDFS_USER", "<login user>", "HDFS user name sent with WebHDFS requests"),
+    Setting("BTC_STORAGE_ROOT", "/btc", "root of the storage layout (raw trades, minute bars, models, checkpoints)"),
+    # MapReduce
+    Setting("BTC_MAPREDUCE_FRAMEWORK", "local", "`local` (LocalJobRunner, the local profile) or `yarn` (a cluster)"),
+    Setting("BTC_HADOOP_CLASSPATH", "<cache>/hadoop/<version>/lib/*", "classpath of the Hadoop jars (local profile)"),
+    Setting("BTC_HADOOP_STREAMING_JAR", "<cache>/hadoop/<version>/lib/hadoop-streaming-*.jar",
+            "the hadoop-streaming jar"),
+    Setting("HADOOP_CONF_DIR", "$BTC_STACK_DIR/hadoop/conf", "Hadoop client configuration directory"),
+    # Spark
+    Setting("BTC_SPARK_MASTER", "local[2]", "Spark master URL (`spark://host:7077` on a cluster)"),
+    Setting("BTC_SPARK_DRIVER_MEMORY", "2g", "Spark driver heap"),
+    Setting("BTC_SPARK_JARS", "<cache>/spark/<pyspark version>/lib/*.jar",
+            "comma-separated local jars for Spark: the Kafka connector the local stack resolved"),
+    Setting("BTC_SPARK_PACKAGES", "", "Maven coordinates Spark resolves itself at start (cluster profile), e.g. "
+            "`org.apache.spark:spark-sql-kafka-0-10_2.13:4.3.0`"),
+    Setting("BTC_SPARK_IVY_DIR", "<cache>/ivy", "where Spark caches the resolved packages"),
+    # InfluxDB
+    Setting("BTC_INFLUX_URL", "http://127.0.0.1:8086", "InfluxDB 2 URL"),
+    Setting("BTC_INFLUX_ORG", "btc", "InfluxDB organisation"),
+    Setting("BTC_INFLUX_BUCKET", "btc", "InfluxDB bucket"),
+    Setting("BTC_INFLUX_TOKEN", "(generated)", "InfluxDB all-access token (setup, buckets)", secret=True),
+    Setting("BTC_INFLUX_WRITE_TOKEN", "(generated)", "InfluxDB token that may only write the bucket", secret=True),
+    Setting("BTC_INFLUX_READ_TOKEN", "(generated)", "InfluxDB token that may only read the bucket (Grafana)",
+            secret=True),
+    Setting("BTC_INFLUX_PASSWORD", "(generated)", "InfluxDB admin user's password (local stack only)", secret=True),
+    # Binance
+    Setting("BTC_BINANCE_WS_URL", "wss://stream.binance.com:9443", "Binance WebSocket base URL"),
+    Setting("BTC_BINANCE_REST_URL", "https://api.binance.com", "Binance REST base URL (gap backfill)"),
+    Setting("BTC_BINANCE_HISTORY_URL", "https://data.binance.vision", "Binance public data (daily trade files)"),
+)
+
+# The Spark streaming job's own settings (btc_assets/stream/spark_job.py reads them).
+STREAM_SETTINGS = (
+    Setting("BTC_STREAM_TRIGGER", "0 seconds",
+            "Spark streaming job: trigger of the trades query (0: each micro-batch right after the last)"),
+    Setting("BTC_STREAM_BARS_TRIGGER", "10 seconds",
+            "Spark streaming job: trigger of the minute-bars query (less often leaves the trades query room)"),
+    Setting("BTC_STREAM_WATERMARK", "2 minutes",
+            "Spark streaming job: how late a trade may arrive and still count in its minute bar"),
+    Setting("BTC_STREAM_SHUFFLE_PARTITIONS", "2", "Spark streaming job: shuffle (state) partitions"),
+    Setting("BTC_STREAM_MAX_OFFSETS_PER_TRIGGER", "200000",
+            "Spark streaming job: most Kafka records one micro-batch reads"),
+    Setting("BTC_STREAM_INFLUX_RETRY_SECONDS", "600",
+            "Spark streaming job: how long a batch keeps retrying an unreachable InfluxDB before it fails"),
+    Setting("BTC_STREAM_HEALTH_SECONDS", "5", "Spark streaming job: pipeline_health interval"),
+)
+SETTINGS += STREAM_SETTINGS
+
+_BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+
+def checkout_root() -> Path | None:
+    """The source checkout this package runs from (editable install or ``PYTHONPATH``), or None when installed."""
+    root = Path(__file__).resolve().parents[1]
+    return root if (root / "mapreduce" / "mapper.py").is_file() and (root / "pyproject.toml").is_file() else None
+
+
+def data_dir() -> Path:
+    """Where ``mapreduce/`` and ``grafana/`` are: ``BTC_DATA_DIR``, else the checkout, else the installed copy."""
+    configured = os.environ.get("BTC_DATA_DIR")
+    if configured:
+        path = Path(configured).expanduser()
+    else:
+        path = checkout_root() or Path(sys.prefix) / "share" / DISTRIBUTION
+    if not (path / "mapreduce" / "mapper.py").is_file():
+        raise FileNotFoundError(f"BTC_DATA_DIR={path} has no mapreduce/mapper.py: point BTC_DATA_DIR at the folder "
+                                f"holding mapreduce/ and grafana/ (the checkout, or <prefix>/share/{DISTRIBUTION})")
+    return path
+
+
+def mapreduce_dir() -> Path:
+    return data_dir() / "mapreduce"
+
+
+def grafana_dir() -> Path:
+    return data_dir() / "grafana"
+
+
+def profile() -> str:
+    name = os.environ.get("BTC_PROFILE") or "local"
+    if name not in PROFILES:
+        raise ValueError(f"BTC_PROFILE must be one of {', '.join(PROFILES)}, got {name!r}")
+    return name
+
+
+def stack_env_file() -> Path:
+    """The env file the local stack writes its endpoints and generated credentials to."""
+    state = os.environ.get("BTC_STACK_DIR") or (checkout_root() or Path.cwd()) / ".local-stack"
+    return Path(state).expanduser() / "stack.env"
+
+
+def parse_env_file(path: Path) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "=" not in line:
+            raise ValueError(f"{path}:{number}: expected NAME=value, got {line!r}")
+        name, value = line.split("=", 1)
+        values[name.strip()] = value.strip().strip('"').strip("'")
+    return values
+
+
+@lru_cache(maxsize=8)
+def _env_file_values(path: Path, mtime_ns: int) -> dict[str, str]:
+    return parse_env_file(path)
+
+
+def defaults() -> dict[str, str]:
+    """Every non-secret setting's default; placeholders (``<…>``) describe values only the stack knows: empty."""
+    return {setting.name: "" if setting.default.startswith("<") else setting.default
+            for setting in SETTINGS if not setting.secret}
+
+
+def profile_env() -> dict[str, str]:
+    """The values the profile adds below the environment: the local stack's env file (local profile) over the
+    defaults. Secrets get no default: a missing one fails the run that needs it, by name."""
+    values = defaults()
+    if profile() == "local":
+        env_file = stack_env_file()
+        if env_file.exists():
+            values.update(_env_file_values(env_file, env_file.stat().st_mtime_ns))
+    return values
+
+
+def load_profile_env() -> str:
+    """For a standalone entry point's ``main()`` (the producer, the Spark job): fill this process's
+    environment from the profile, so child processes see the same values. Variables already set win."""
+    for name, value in profile_env().items():
+        os.environ.setdefault(name, value)
+    return profile()
+
+
+def get(name: str) -> str:
+    """The value of a setting: the environment, then the profile (stack env file), then its default."""
+    setting = _BY_NAME[name]
+    value = os.environ.get(name) or profile_env().get(name)
+    if value:
+        return value
+    if setting.default.startswith(("<", "(")):
+        raise KeyError(f"{name} is not set: {setting.meaning}. Start the local stack "
+                       f"(`btc-pipeline stack up`) or set it in the environment")
+    return setting.default
+
+
+def get_optional(name: str) -> str:
+    """Like ``get``, but an unset setting without a real default (a token, a jar list) is ``""``."""
+    try:
+        return get(name)
+    except KeyError:
+        return ""
+
+
+def default(name: str) -> str:
+    """A setting's one default, for a resource field (placeholders ``<…>`` and secrets give ``""``)."""
+    value = _BY_NAME[name].default
+    return "" if value.startswith(("<", "(")) else value
+
+
+def get_int(name: str) -> int:
+    raw = get(name)
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a whole number") from None
+
+
+def symbols() -> list[str]:
+    raw = get("BTC_SYMBOLS")
+    found = [symbol.strip().upper() for symbol in raw.split(",") if symbol.strip()]
+    if not found:
+        raise ValueError(f"BTC_SYMBOLS={raw!r} names no symbol")
+    return found
+
+
+def env_example() -> str:
+    """The text of `.env.example`: every setting with its default, secrets left empty."""
+    lines = ["# Generated from btc_assets/config.py (btc-pipeline config --env-example).",
+             "# The local stack writes the real values to $BTC_STACK_DIR/stack.env itself;",
+             "# for the cluster profile copy this file to .env and fill it in. Never commit secrets.", ""]
+    for setting in SETTINGS:
+        lines.append(f"# {setting.meaning}")
+        if setting.secret:
+            lines.append(f"{setting.name}=")
+        elif setting.default.startswith(("<", "(")):
+            lines.append(f"# {setting.name}={setting.default}")
+        else:
+            lines.append(f"{setting.name}={setting.default}")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_table() -> str:
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for setting in SETTINGS:
+        rows.append(f"| `{setting.name}` | `{setting.default}` | {setting.meaning} |")
+    return "\n".join(rows)

@@ -1,0 +1,180 @@
+"""data.binance.vision daily trade files: download, verify, and stream into storage.
+
+    zip + .CHECKSUM  --(retry with backoff)-->  local temp file, SHA-256 verified
+                     --(unzip, streamed)-->     <root>/raw/trades/symbol=S/date=D/S-trades-D.csv
+
+The CSV is written to a temporary path and renamed into place only once complete, so a failed
+download, a checksum mismatch or a killed run leaves storage exactly as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import tempfile
+import time
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import requests
+
+from btc_assets.contracts import schema
+from btc_assets.clients.storage import Storage
+
+CHUNK = 4 * 1024 * 1024
+TRANSIENT_STATUS = {429, 500, 502, 503, 504}
+
+
+class HistoryError(RuntimeError):
+    """A day could not be ingested; the message says which file and why."""
+
+
+class DayNotPublished(HistoryError):
+    """The archive has no file for that day (HTTP 404): not published yet, or a wrong symbol/date."""
+
+
+class ChecksumMismatch(HistoryError):
+    """The zip's SHA-256 differs from its .CHECKSUM: a corrupt or tampered download."""
+
+
+@dataclass(frozen=True)
+class RawDay:
+    """Facts about one ingested day, shown as the raw_trades asset's metadata."""
+
+    symbol: str
+    date: str
+    path: str
+    source_url: str
+    sha256: str
+    rows: int
+    bytes: int
+    first_trade_id: int | None
+    last_trade_id: int | None
+    first_time_ms: int | None
+    last_time_ms: int | None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class HistoryClient:
+    base_url: str = schema.HISTORY_BASE_URL
+    retries: int = 5
+    backoff_seconds: float = 1.0
+    max_backoff_seconds: float = 30.0
+    timeout_seconds: float = 60.0
+    log: Callable[[str], None] = print
+
+    def __post_init__(self):
+        self.session = requests.Session()
+
+    def _get(self, url: str, *, stream: bool = False) -> requests.Response:
+        """GET with retries on connection errors and 429/5xx; a 404 is final (DayNotPublished)."""
+        for attempt in range(self.retries + 1):
+            try:
+                response = self.session.get(url, stream=stream, timeout=self.timeout_seconds)
+                if response.status_code == 404:
+                    raise DayNotPublished(f"{url} does not exist (HTTP 404): the day is not published "
+                                          "yet, or the symbol/date is wrong")
+                if response.status_code not in TRANSIENT_STATUS:
+                    response.raise_for_status()
+                    return response
+                reason = f"HTTP {response.status_code}"
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                reason = type(exc).__name__
+            except requests.HTTPError as exc:
+                raise HistoryError(f"{url}: {exc}") from exc
+            if attempt == self.retries:
+                raise HistoryError(f"{url}: still failing after {self.retries + 1} attempts ({reason})")
+            delay = min(self.max_backoff_seconds, self.backoff_seconds * 2**attempt) * random.uniform(0.5, 1.0)
+            self.log(f"{url}: {reason}, retrying in {delay:.1f}s ({attempt + 1}/{self.retries})")
+            time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def download(self, symbol: str, date: str, directory: Path) -> tuple[Path, str, str]:
+        """Download a day's zip into ``directory`` and verify it; return (path, sha256, url)."""
+        url = schema.history_zip_url(symbol, date, self.base_url)
+        expected, name = schema.parse_checksum(self._get(url + ".CHECKSUM").text)
+        if name != schema.history_zip_name(symbol, date):
+            raise ChecksumMismatch(f"{url}.CHECKSUM names {name!r}, not {schema.history_zip_name(symbol, date)!r}")
+        target = directory / schema.history_zip_name(symbol, date)
+        digest = hashlib.sha256()
+        with self._get(url, stream=True) as response, open(target, "wb") as out:
+            for chunk in response.iter_content(CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+        actual = digest.hexdigest()
+        if actual != expected:
+            raise ChecksumMismatch(f"{url}: SHA-256 {actual} does not match its .CHECKSUM {expected}; "
+                                   "nothing was written to storage")
+        return target, actual, url
+
+
+def csv_chunks(zip_path: Path) -> Iterator[bytes]:
+    """The bytes of the zip's one CSV member, streamed."""
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except zipfile.BadZipFile as exc:
+        raise HistoryError(f"{zip_path.name} is not a valid zip ({exc})") from exc
+    with archive:
+        members = [info for info in archive.infolist() if info.filename.endswith(".csv")]
+        if len(members) != 1:
+            raise HistoryError(f"{zip_path.name} holds {len(members)} CSV files, expected exactly one")
+        with archive.open(members[0]) as handle:
+            while chunk := handle.read(CHUNK):
+                yield chunk
+
+
+class _Census:
+    """Counts rows and bytes of a chunk stream and keeps its edges, to find the first/last trade."""
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self.chunks = chunks
+        self.rows = 0
+        self.bytes = 0
+        self.head = b""
+        self.tail = b""
+        self._ends_with_newline = True
+
+    def __iter__(self):
+        for chunk in self.chunks:
+            if not self.head:
+                self.head = chunk[:64 * 1024]
+            self.tail = (self.tail + chunk)[-64 * 1024:]
+            self.rows += chunk.count(b"\n")
+            self.bytes += len(chunk)
+            self._ends_with_newline = chunk.endswith(b"\n")
+            yield chunk
+        if not self._ends_with_newline:
+            self.rows += 1
+
+    def edge_trades(self) -> tuple[schema.Trade | None, schema.Trade | None]:
+        return (_first_trade(self.head.splitlines()[:-1] or self.head.splitlines()),
+                _first_trade(reversed(self.tail.splitlines()[1:] or self.tail.splitlines())))
+
+
+def _first_trade(lines) -> schema.Trade | None:
+    for line in lines:
+        try:
+            return schema.parse_history_line(line.decode(errors="replace"))
+        except schema.MalformedTrade:
+            continue
+    return None
+
+
+def ingest_day(client: HistoryClient, storage: Storage, symbol: str, date: str) -> RawDay:
+    """Download, verify and store one day; return its facts. Storage is untouched on any failure."""
+    path = storage.path(schema.raw_trades_path("", symbol, date).lstrip("/"))
+    with tempfile.TemporaryDirectory(prefix="btc-history-") as workdir:
+        zip_path, sha256, url = client.download(symbol, date, Path(workdir))
+        census = _Census(csv_chunks(zip_path))
+        storage.replace(path, census)
+    first, last = census.edge_trades()
+    return RawDay(symbol=symbol, date=date, path=path, source_url=url, sha256=sha256, rows=census.rows,
+                  bytes=census.bytes,
+                  first_trade_id=first.trade_id if first else None, last_trade_id=last.trade_id if last else None,
+                  first_time_ms=schema.trade_time_to_ms(first.time) if first else None,
+                  last_time_ms=schema.trade_time_to_ms(last.time) if last else None)

@@ -1,1 +1,0 @@
-"""Plain code with no Dagster in it: schemas, parsers, bar maths, engine clients, the local stack."""

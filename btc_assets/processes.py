@@ -1,0 +1,137 @@
+"""Background processes known by pid *and* start time, never by a bare pid file.
+
+A pid file names ``{"pid": …, "started": …}``: the process's start time as the kernel reports it
+(psutil ``create_time``). A pid whose start time differs is another program that got the number
+after a reboot or a crash, and is never signalled. Used by the stream services and the local stack.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+
+
+class ProcessError(RuntimeError):
+    """A managed process did not start, or is not ready; the message has its log's tail."""
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class ManagedProcess:
+    """A background daemon with a pid file (pid and start time) and a log file under a state directory."""
+
+    def __init__(self, name: str, directory: Path):
+        self.name = name
+        self.directory = directory
+        self.pid_file = directory / f"{name}.pid"
+        self.log_file = directory / f"{name}.log"
+
+    def _recorded(self) -> tuple[int, float] | None:
+        try:
+            record = json.loads(self.pid_file.read_text())
+            return int(record["pid"]), float(record["started"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # no file, or an old bare-pid file: nothing is known to be ours
+
+    def process(self) -> psutil.Process | None:
+        """The running process this file names, if it is the one we started (same pid, same start time)."""
+        recorded = self._recorded()
+        if recorded is None:
+            return None
+        pid, started = recorded
+        try:
+            process = psutil.Process(pid)
+            if abs(process.create_time() - started) > 0.05:
+                return None  # the pid was reused by another program
+            if process.status() == psutil.STATUS_ZOMBIE:
+                # Our own exited child stays a zombie until reaped. Only waitpid tells "exited" reliably:
+                # during a JVM's shutdown its main thread can show as a zombie while other threads still
+                # hold its ports.
+                try:
+                    if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                        return None
+                except ChildProcessError:
+                    pass  # not our child: its parent (or init) reaps it
+            return process
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            return None
+        except psutil.AccessDenied:
+            return None
+
+    def pid(self) -> int | None:
+        process = self.process()
+        return process.pid if process is not None else None
+
+    def is_running(self) -> bool:
+        return self.process() is not None
+
+    def start(self, cmd: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None) -> int:
+        if (pid := self.pid()) is not None:
+            return pid
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as log:
+            log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} $ {' '.join(cmd)}\n".encode())
+            log.flush()
+            # A new session so the daemon outlives the CLI that started it and gets no terminal signals.
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=env, cwd=cwd, start_new_session=True)
+        started = psutil.Process(proc.pid).create_time()
+        tmp = self.pid_file.with_suffix(".pid.tmp")
+        tmp.write_text(json.dumps({"pid": proc.pid, "started": started, "command": cmd[:3]}))
+        tmp.rename(self.pid_file)
+        return proc.pid
+
+    def signal(self, signum: int) -> bool:
+        """Send ``signum`` to the process if it is ours and running; True if sent."""
+        process = self.process()
+        if process is None:
+            return False
+        try:
+            process.send_signal(signum)
+            return True
+        except psutil.NoSuchProcess:
+            return False
+
+    def stop(self, *, timeout: float = 30.0, kill: bool = False) -> None:
+        if not self.signal(signal.SIGKILL if kill else signal.SIGTERM):
+            self.pid_file.unlink(missing_ok=True)
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.is_running():
+            time.sleep(0.2)
+        if self.signal(signal.SIGKILL):
+            while self.is_running():
+                time.sleep(0.1)
+        self.pid_file.unlink(missing_ok=True)
+
+    def log_tail(self, lines: int = 20) -> str:
+        return _tail(self.log_file, lines)
+
+    def wait_until(self, ready, *, component: str, what: str, timeout: float = 120.0) -> None:
+        """Poll ``ready()`` until true; fail early, with the log's tail, if the process died."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.is_running():
+                raise ProcessError(f"{component}: {self.name} exited while starting; log {self.log_file}:\n"
+                                   f"{self.log_tail()}")
+            try:
+                if ready():
+                    return
+            except (ProcessError, TypeError, ImportError, AttributeError):
+                raise  # a broken probe, not a slow engine: fail now instead of timing out
+            except Exception:  # noqa: BLE001 - not ready yet, whatever else the probe raised
+                pass
+            time.sleep(0.5)
+        raise ProcessError(f"{component}: {what} not ready after {timeout:.0f}s; log {self.log_file}:\n"
+                           f"{self.log_tail()}")

@@ -1,0 +1,1 @@
+"""The data contracts: trade schema, bar maths, line protocol (standard library only)."""

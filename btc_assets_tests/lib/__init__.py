@@ -1,1 +1,0 @@
-"""Tests of btc_assets.lib: plain code, no Dagster."""

@@ -1,0 +1,469 @@
+"""`btc-pipeline`: the local stack, the end-to-end demo and the test run.
+
+    btc-pipeline stack up|down|status|logs|reset|provision   the local engines (Kafka, HDFS, Spark, InfluxDB)
+    btc-pipeline demo                                        stack up, status, materialize the assets
+    btc-pipeline test [pytest args]                          provision the engines, run the test suite
+    btc-pipeline config --env-example | --markdown           the documented settings
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+from btc_assets import config
+
+from btc_assets.contracts import schema
+from btc_assets.clients.jvm import JavaError
+from btc_assets.processes import ProcessError
+from btc_localstack.base import REPO_ROOT, StackError, progress
+
+
+def _stack():
+    from btc_localstack.manager import LocalStack
+
+    return LocalStack()
+
+
+ENDPOINT_KEYS = ("namenode", "webhdfs", "bootstrap_servers", "url", "master")
+
+
+def print_status(stack, verbose: bool = False) -> bool:
+    """One line per engine: up/DOWN, its endpoints (every detail with ``verbose``)."""
+    status = stack.status()
+    width = max(len(name) for name in status)
+    for name, facts in status.items():
+        running = facts.get("running")
+        mark = "up  " if running is True else ("    " if isinstance(running, str) else "DOWN")
+        shown = {key: value for key, value in facts.items() if key != "running"
+                 and (verbose or key in ENDPOINT_KEYS)}
+        details = "  ".join(str(value) for value in shown.values()) if not verbose else \
+            ", ".join(f"{key}={value}" for key, value in shown.items())
+        note = running if isinstance(running, str) else ""
+        print(f"{mark} {name:<{width}}  {note} {details}".rstrip())
+    print(f"env file: {stack.env_file}")
+    return all(facts.get("running") is not False for facts in status.values())
+
+
+def cmd_stack(args) -> int:
+    stack = _stack()
+    names = args.services or None
+    if args.action == "provision":
+        stack.provision(names)
+    elif args.action == "up":
+        stack.up(names)
+        print_status(stack)
+    elif args.action == "down":
+        if not names:  # the stream services would only crash-loop without their engines
+            from btc_localstack.streams import stream_services
+
+            stream_services(stack.paths.state_dir).stop_all()
+        stack.down(names, kill=args.kill)
+    elif args.action == "status":
+        if args.json:
+            print(json.dumps(stack.status(), indent=2, default=str))
+            return 0 if stack.is_up() else 3
+        return 0 if print_status(stack, verbose=args.verbose) else 3
+    elif args.action == "logs":
+        for service in stack.select(names):
+            for log in service.log_files():
+                print(f"==> {log} <==")
+                lines = log.read_text(errors="replace").splitlines()[-args.lines:]
+                print("\n".join(lines))
+    elif args.action == "reset":
+        if not names:
+            raise StackError("name the service(s) to reset (their data is deleted), e.g. "
+                             "`btc-pipeline stack reset influxdb`")
+        stack.down(names)
+        for service in stack.select(names):
+            shutil.rmtree(service.state, ignore_errors=True)
+            progress(service.name, f"data deleted ({service.state})")
+    return 0
+
+
+def dagster_env(stack) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(stack.env())
+    home = stack.paths.state_dir / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    env.setdefault("DAGSTER_HOME", str(home))
+    return env
+
+
+@contextlib.contextmanager
+def history_source(args, stack, env: dict[str, str]):
+    """With ``--source emulator``, serve generated days as data.binance.vision would, for the runs in ``env``."""
+    if args.source != "emulator":
+        yield
+        return
+    from btc_testkit import history_emulator
+
+    with history_emulator.serve(cache_dir=stack.paths.cache_dir / "history-emulator",
+                                symbols=tuple(config.symbols()),
+                                trades_per_day=args.trades_per_day or None) as archive:
+        env["BTC_BINANCE_HISTORY_URL"] = archive.base_url
+        progress("history", f"Binance history emulator on {archive.base_url}")
+        yield
+
+
+def cmd_demo(args) -> int:
+    """The main job end to end on the local stack."""
+    started = time.monotonic()
+    stack = _stack()
+    stack.up()
+    print_status(stack)
+    env = dagster_env(stack)
+    from btc_localstack import demo
+
+    logs = stack.paths.state_dir / "demo-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    steps = demo.demo_steps(args)
+    with history_source(args, stack, env):
+        for number, (title, command) in enumerate(steps, start=1):
+            if run_step(f"{number:02d}", title, command, env, logs) != 0:
+                return 1
+    if not demo.trains_models(args) and not args.no_models:
+        progress("demo", f"models skipped: training needs {demo.MIN_TRAINING_DAYS} days of history (--days)")
+    if args.source == "emulator" and not args.no_stream:
+        if demo_live(stack, warmup_minutes=demo.WARMUP_MINUTES if demo.trains_models(args) else 0.0) != 0:
+            return 1
+        if demo.trains_models(args):
+            for round_number in range(1, demo.PREDICTION_ROUNDS + 1):
+                if round_number > 1:
+                    wait_for_next_minute()
+                elif wait_for_live_bars(stack) != 0:
+                    return 1
+                title, command = demo.prediction_step(round_number)
+                if run_step(f"{len(steps) + round_number:02d}", title, command, env, logs) != 0:
+                    return 1
+    progress("demo", f"done in {time.monotonic() - started:.0f}s; the stack keeps running "
+                     "(`btc-pipeline stack down` stops it; `dagster dev` shows the runs)")
+    return 0
+
+
+# What a step's log says worth showing: a check's verdict, a symbol's day ("BTCUSDT 2025-04-01: ..."),
+# a model's figures ("gbt: trained in ...", "seed rf: ...").
+_MODEL_NAMES = "|".join(schema.MODELS)
+STEP_SUMMARY = re.compile(r" - (?:INFO|DEBUG) - .* - (?:\w+ - )?(?:(?P<check>Asset check '\w+' on '\w+' "
+                          rf"(?:passed|failed))|(?P<fact>(?:[A-Z0-9]+ \d{{4}}-\d\d-\d\d|(?:seed )?(?:{_MODEL_NAMES})): .*))\.?$")
+
+
+def run_step(number: str, title: str, command: list[str], env: dict[str, str], logs: Path,
+             component: str = "demo") -> int:
+    """One demo step: the command's full output goes to a log file, the console gets a summary."""
+    log_path = logs / f"{number}-{re.sub(r'[^a-z0-9]+', '-', title.lower()).strip('-')[:40]}.log"
+    progress(component, f"{title} …")
+    started = time.monotonic()
+    with open(log_path, "w") as log:
+        result = subprocess.run(command, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    output = log_path.read_text(errors="replace").splitlines()
+    if result.returncode != 0:
+        print("\n".join(output[-40:]), file=sys.stderr)
+        progress(component, f"FAILED after {time.monotonic() - started:.0f}s (exit {result.returncode}); "
+                         f"full log: {log_path}")
+        return result.returncode
+    if len(output) <= 15 and not any(" - dagster - " in line for line in output):
+        for line in output:  # a short listing (e.g. the assets): show it as it is
+            progress(component, f"    {line}")
+    checks = []
+    for line in output:
+        match = STEP_SUMMARY.search(line)
+        if match and match["fact"]:
+            progress(component, f"    {match['fact']}")
+        elif match and match["check"]:
+            checks.append(match["check"].split("'")[1] + (" ok" if match["check"].endswith("passed") else " FAILED"))
+    if checks:
+        progress(component, f"    checks: {', '.join(checks)}")
+    progress(component, f"    done in {time.monotonic() - started:.0f}s (log {log_path})")
+    return 0
+
+
+def cmd_backfill(args) -> int:
+    """Materialize the history assets for every day of a range, one Dagster run per day."""
+    from btc_localstack.demo import demo_days, materialize
+
+    start, end = date.fromisoformat(args.start), date.fromisoformat(args.end)
+    if end < start:
+        raise StackError(f"--end {end} is before --start {start}")
+    stack = _stack()
+    env = dagster_env(stack)
+    logs = stack.paths.state_dir / "backfill-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    days = demo_days(args.start, (end - start).days + 1)
+    failed = []
+    with history_source(args, stack, env):
+        for number, day in enumerate(days, start=1):
+            if run_step(f"{day}", f"backfill {number}/{len(days)} {day}",
+                        materialize("raw_trades,minute_bars", partition=day), env, logs, "backfill") != 0:
+                failed.append(day)
+    if failed:
+        progress("backfill", f"{len(failed)} of {len(days)} days failed: {', '.join(failed)} (logs in {logs})")
+        return 1
+    progress("backfill", f"{len(days)} days done")
+    return 0
+
+
+def _reader(stack):
+    from btc_assets.clients.influx import Influx
+
+    env = stack.env()
+    return Influx(env["BTC_INFLUX_URL"], env["BTC_INFLUX_ORG"], env["BTC_INFLUX_BUCKET"], env["BTC_INFLUX_READ_TOKEN"])
+
+
+def demo_live(stack, timeout_s: float = 300.0, warmup_minutes: float = 0.0) -> int:
+    """Start the live path on the emulator and wait until its trades and minute bars are in InfluxDB."""
+    from btc_localstack.streams import start_live, stream_services
+
+    stack.apply_env()
+    services = stream_services(stack.paths.state_dir)
+    warmup_minutes = emulator_warmup(stack, services, warmup_minutes)
+    reader = _reader(stack)
+    warmup = f", opening {warmup_minutes:.0f} minutes in the past" if warmup_minutes else ""
+    progress("demo", f"live: Binance emulator (300 trades/s{warmup}) -> producer -> Kafka -> Spark -> InfluxDB …")
+    start_live(services, emulator_rate=300.0, warmup_minutes=warmup_minutes)
+
+    def count(measurement: str) -> int:
+        rows = reader.query(f'from(bucket: "{reader.bucket}") |> range(start: -15m)\n'
+                            f'  |> filter(fn: (r) => r._measurement == "{measurement}"'
+                            f' and (r._field == "trades" or r._field == "trade_id"))\n'
+                            f'  |> group() |> count()')
+        return rows[0]["_value"] if rows else 0
+
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            trades, bars = count(schema.TRADES_MEASUREMENT), count(schema.BARS_MEASUREMENT)
+            if trades and bars:
+                progress("demo", f"    live: {trades:,} trades and {bars} minute bars in InfluxDB (last 15 min); "
+                                 "the stream keeps running (`btc-pipeline stream stop`)")
+                return 0
+            time.sleep(3)
+    finally:
+        reader.close()
+    logs = ", ".join(facts["log"] for facts in services.status().values())
+    progress("demo", f"FAILED: no live trades and bars in InfluxDB after {timeout_s:.0f}s; logs: {logs}")
+    return 1
+
+
+def emulator_warmup(stack, services, minutes: float) -> float:
+    """The warm-up for an emulator about to start, shortened so that it never trades in minutes the stream
+    already has: before the newest trade in Kafka (the stream's event-time watermark would drop such trades
+    from the bars) or the newest bar in InfluxDB. A stream that ran recently left those bars, and with them
+    the history predictions need. 0 when the emulator already runs (its market is not started again)."""
+    if not minutes or services.processes["binance-emulator"].is_running():
+        return 0.0
+    reader = _reader(stack)
+    try:
+        return _minutes_before_newest_trade(reader, minutes)
+    finally:
+        reader.close()
+
+
+def _minutes_before_newest_trade(reader, minutes: float) -> float:
+    from btc_assets.stream.producer import last_events_in_kafka
+
+    rows = reader.query(f'from(bucket: "{reader.bucket}") |> range(start: -{int(minutes) + 1}m)\n'
+                        f'  |> filter(fn: (r) => r._measurement == "{schema.BARS_MEASUREMENT}" and r._field == "close")\n'
+                        f'  |> group() |> last()')
+    newest = [rows[0]["_time"].timestamp() + 60] if rows else []
+    topics = {symbol: schema.trade_topic(symbol, config.get("BTC_KAFKA_TOPIC_TEMPLATE")) for symbol in config.symbols()}
+    events = last_events_in_kafka(config.get("BTC_KAFKA_BOOTSTRAP_SERVERS"), topics)
+    newest += [int(event[schema.EVENT_TRADE_TIME]) / 1000 for event in events.values()]
+    if not newest:
+        return minutes
+    since = (time.time() - max(newest)) / 60 - 1  # a minute's margin
+    return max(0.0, min(minutes, float(int(since))))
+
+
+def wait_for_live_bars(stack) -> int:
+    """Wait until every symbol has the complete live bars one scored prediction needs (features + the next bar);
+    a minute brings one more, so the wait is bounded by the bars still missing."""
+    from btc_assets.ml import features, predictions
+
+    needed = features.LOOKBACK_BARS + 1
+    reader = _reader(stack)
+    deadline, told = None, 0.0
+    counts: dict[str, int] = {}
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            bars = predictions.read_live_bars(reader, config.symbols(), predictions.history_minutes(60))
+            counts = predictions.bars_per_symbol(predictions.complete_bars(bars, time.time()))
+            missing = max(needed - counts.get(symbol, 0) for symbol in config.symbols())
+            if missing <= 0:
+                progress("demo", f"    live: complete minute bars {counts}: enough to predict from")
+                return 0
+            if deadline is None:
+                deadline = time.monotonic() + (missing + 3) * 60.0
+            if time.monotonic() - told >= 60:
+                progress("demo", f"    live: complete minute bars {counts or 'none yet'}; a prediction needs {needed} "
+                                 f"(about {missing} more minutes) …")
+                told = time.monotonic()
+            time.sleep(5)
+    finally:
+        reader.close()
+    progress("demo", f"FAILED: fewer than {needed} complete live minute bars in time: {counts}; "
+                     "is the stream running? (`btc-pipeline stream status`)")
+    return 1
+
+
+def wait_for_next_minute() -> None:
+    """Sleep until the minute trading now is complete, so the next predictions can score its forecast."""
+    from btc_assets.ml import predictions
+
+    ready_at = (time.time() // 60 + 1) * 60 + predictions.DEFAULT_SETTLE_SECONDS + 2
+    progress("demo", f"    waiting {ready_at - time.time():.0f}s for the forecast minute to trade and complete …")
+    time.sleep(max(0.0, ready_at - time.time()))
+
+
+def cmd_test(args) -> int:
+    stack = _stack()
+    stack.provision()
+    command = [sys.executable, "-m", "pytest", *args.pytest_args]
+    progress("test", " ".join(command))
+    return subprocess.run(command, cwd=REPO_ROOT).returncode
+
+
+def cmd_stream(args) -> int:
+    from btc_localstack.streams import start_live, stream_services
+
+    stack = _stack()
+    stack.apply_env()
+    services = stream_services(stack.paths.state_dir)
+    if args.action == "start":
+        stack.up()
+        if args.source == "emulator":
+            warmup = emulator_warmup(stack, services, args.warmup_minutes)
+            if args.warmup_minutes:
+                progress("stream", f"emulator warm-up: {warmup:.0f} of the {args.warmup_minutes:.0f} minutes asked "
+                                   "(never before the newest trade the stream already has)")
+            start_live(services, emulator_rate=args.rate, warmup_minutes=warmup)
+        else:
+            start_live(services)
+    elif args.action == "stop":
+        services.stop_all()
+    for name, facts in services.status().items():
+        print(f"{'up  ' if facts['running'] else 'down'} {name:<17} pid={facts['pid']}  log={facts['log']}")
+    return 0
+
+
+def cmd_produce(args) -> int:
+    from btc_assets.stream import producer
+
+    _stack().apply_env()
+    config.load_profile_env()
+    forwarded = args.producer_args
+    return producer.main(forwarded[1:] if forwarded[:1] == ["--"] else forwarded)
+
+
+def cmd_dashboards(args) -> int:
+    from btc_assets import dashboards
+
+    for path in dashboards.write_all():
+        print(path)
+    return 0
+
+
+def cmd_config(args) -> int:
+    if args.markdown:
+        print(config.markdown_table())
+    else:
+        sys.stdout.write(config.env_example())
+    return 0
+
+
+def add_source_options(parser, default: str) -> None:
+    parser.add_argument("--source", choices=["emulator", "binance"], default=default,
+                        help="where trades come from: the project's emulator, or the real Binance "
+                             "endpoints (BTC_BINANCE_*_URL)")
+    parser.add_argument("--trades-per-day", type=int, default=0,
+                        help="emulator only: trades per generated day (default: realistic, millions)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="btc-pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    stack = sub.add_parser("stack", help="manage the local engines")
+    stack.add_argument("action", choices=["up", "down", "status", "logs", "reset", "provision"])
+    stack.add_argument("services", nargs="*", help="hadoop, kafka, influxdb, spark (default: all)")
+    stack.add_argument("--kill", action="store_true", help="down: SIGKILL instead of a clean stop")
+    stack.add_argument("--json", action="store_true", help="status: machine-readable")
+    stack.add_argument("-v", "--verbose", action="store_true", help="status: every detail (pids, data dirs, logs)")
+    stack.add_argument("-n", "--lines", type=int, default=40, help="logs: lines per file")
+    stack.set_defaults(func=cmd_stack)
+
+    demo = sub.add_parser("demo", help="the main job end to end on the local stack")
+    demo.add_argument("--start", default="2025-04-01", help="first history day (UTC)")
+    demo.add_argument("--days", type=int, default=3, help="consecutive history days to process")
+    add_source_options(demo, default="emulator")
+    demo.add_argument("--no-stream", action="store_true", help="skip the live part (emulator -> ... -> InfluxDB)")
+    demo.add_argument("--no-models", action="store_true", help="skip training and live predictions")
+    demo.set_defaults(func=cmd_demo)
+
+    backfill = sub.add_parser("backfill", help="history assets for a range of days (one run per day)")
+    backfill.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
+    backfill.add_argument("--end", required=True, help="last day, YYYY-MM-DD (inclusive)")
+    add_source_options(backfill, default="binance")
+    backfill.set_defaults(func=cmd_backfill)
+
+    test = sub.add_parser("test", help="provision the engines and run the test suite")
+    test.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    test.set_defaults(func=cmd_test)
+
+    stream = sub.add_parser("stream", help="the live path: (emulator,) producer and Spark job as background services")
+    stream.add_argument("action", choices=["start", "stop", "status"])
+    stream.add_argument("--source", choices=["emulator", "binance"], default="emulator",
+                        help="start: the project's Binance emulator, or the real Binance (BTC_BINANCE_*_URL)")
+    stream.add_argument("--rate", type=float, default=300.0, help="start, emulator: trades per second")
+    stream.add_argument("--warmup-minutes", type=float, default=0.0,
+                        help="start, emulator: open the market this many minutes in the past (bars at once)")
+    stream.set_defaults(func=cmd_stream)
+
+    produce = sub.add_parser("produce", help="the WebSocket -> Kafka producer in the foreground", add_help=False)
+    produce.add_argument("producer_args", nargs=argparse.REMAINDER, help="see `btc-pipeline produce --help`")
+    produce.set_defaults(func=cmd_produce)
+
+    boards = sub.add_parser("dashboards", help="regenerate grafana/dashboards/*.json from btc_assets/dashboards.py")
+    boards.set_defaults(func=cmd_dashboards)
+
+    cfg = sub.add_parser("config", help="print the documented settings")
+    shown = cfg.add_mutually_exclusive_group()
+    shown.add_argument("--env-example", action="store_true", help="the text of .env.example (the default)")
+    shown.add_argument("--markdown", action="store_true", help="the README table instead of .env.example")
+    cfg.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["produce"]:  # the producer parses its own options (argparse REMAINDER would eat --help)
+        argv = ["produce", "--", *argv[1:]]
+    parser = build_parser()
+    # Options may stand anywhere (`stack down --kill kafka` as well as `stack down kafka --kill`); the two
+    # commands that pass the rest of the line on untouched parse it as it comes.
+    commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction)).choices
+    if argv[:1] in (["produce"], ["test"]) or not argv or argv[0] not in commands:
+        args = parser.parse_args(argv)
+    else:
+        args = commands[argv[0]].parse_intermixed_args(argv[1:])
+    try:
+        return args.func(args)
+    except (ProcessError, JavaError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

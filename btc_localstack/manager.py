@@ -1,0 +1,104 @@
+"""The local stack as one object: provision, start, stop, report and write the env file.
+
+Used by the `btc-pipeline stack …` CLI and by the tests' session fixture, so both bring up exactly
+the same engines the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from btc_assets import config
+
+from .base import Service, StackError, StackPaths, progress
+from .hadoop import HadoopService
+from .influxdb import InfluxDBService
+from .kafka import KafkaService
+from .spark import SparkService
+
+ENV_HEADER = """# Written by `btc-pipeline stack up`: endpoints and generated credentials of the local stack.
+# Git-ignored; regenerated on every start. Do not commit.
+"""
+
+
+class LocalStack:
+    def __init__(self, paths: StackPaths | None = None):
+        self.paths = paths or StackPaths.from_env()
+        self.services: dict[str, Service] = {
+            service.name: service
+            for service in (HadoopService(self.paths), KafkaService(self.paths),
+                            InfluxDBService(self.paths), SparkService(self.paths))}
+
+    @property
+    def env_file(self):
+        return self.paths.state_dir / "stack.env"
+
+    def select(self, names: list[str] | None) -> list[Service]:
+        if not names:
+            return list(self.services.values())
+        unknown = [name for name in names if name not in self.services]
+        if unknown:
+            raise StackError(f"unknown service(s) {unknown}; choose from {sorted(self.services)}")
+        return [self.services[name] for name in names]
+
+    def provision(self, names: list[str] | None = None) -> None:
+        """Download/build every engine, in parallel: the InfluxDB build is CPU-bound, the rest network."""
+        started = time.monotonic()
+        services = self.select(names)
+        with ThreadPoolExecutor(max_workers=len(services)) as pool:
+            futures = {service.name: pool.submit(service.provision) for service in services}
+        failures = []
+        for name, future in futures.items():
+            try:
+                future.result()
+            except Exception as exc:  # noqa: BLE001 - report every failed engine, not just the first
+                failures.append(f"{name}: {exc}")
+        if failures:
+            raise StackError("provisioning failed:\n" + "\n".join(failures))
+        progress("stack", f"engines ready in {time.monotonic() - started:.0f}s "
+                          f"(cache {self.paths.cache_dir})")
+
+    def up(self, names: list[str] | None = None) -> None:
+        self.paths.state_dir.mkdir(parents=True, exist_ok=True)
+        self.provision(names)
+        for service in self.select(names):
+            service.start()
+        self.write_env_file()
+        progress("stack", f"up; endpoints and credentials in {self.env_file}")
+
+    def down(self, names: list[str] | None = None, *, kill: bool = False) -> None:
+        for service in reversed(self.select(names)):
+            if service.is_running():
+                progress(service.name, "stopping")
+            service.stop(kill=kill)
+
+    def is_up(self) -> bool:
+        return all(service.is_running() for service in self.services.values())
+
+    def status(self) -> dict[str, dict[str, object]]:
+        return {name: service.status() for name, service in self.services.items()}
+
+    def env(self) -> dict[str, str]:
+        """Every setting the code location reads: the defaults, under what this stack's engines set.
+
+        A setting already in this process's environment (e.g. ``BTC_SYMBOLS`` given by hand) is kept, so
+        the env file and the processes started from it agree."""
+        values = {name: os.environ.get(name) or value for name, value in config.defaults().items()}
+        values.update({"BTC_PROFILE": "local", "BTC_STACK_DIR": str(self.paths.state_dir),
+                       "BTC_CACHE_DIR": str(self.paths.cache_dir), "BTC_DATA_DIR": str(config.data_dir())})
+        for service in self.services.values():
+            values.update(service.env())
+        return values
+
+    def write_env_file(self) -> None:
+        lines = [ENV_HEADER] + [f"{name}={value}" for name, value in sorted(self.env().items())]
+        tmp = self.env_file.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        os.chmod(tmp, 0o600)
+        tmp.rename(self.env_file)
+
+    def apply_env(self) -> None:
+        """Put the stack's endpoints and credentials into this process's environment."""
+        os.environ.update(self.env())
