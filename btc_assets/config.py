@@ -213,6 +213,12 @@ def get_int(name: str) -> int:
         raise ValueError(f"{name}={raw!r} is not a whole number") from None
 
 
+def kafka_settings() -> dict[str, object]:
+    """The Kafka settings every component that writes or reads the trade topics shares."""
+    return {"bootstrap_servers": get("BTC_KAFKA_BOOTSTRAP_SERVERS"), "topic_template": get("BTC_KAFKA_TOPIC_TEMPLATE"),
+            "partitions": get_int("BTC_KAFKA_PARTITIONS"), "replication": get_int("BTC_KAFKA_REPLICATION")}
+
+
 def symbols() -> list[str]:
     raw = get("BTC_SYMBOLS")
     found = [symbol.strip().upper() for symbol in raw.split(",") if symbol.strip()]

@@ -87,7 +87,7 @@ class LocalStack:
         the env file and the processes started from it agree."""
         values = {name: os.environ.get(name) or value for name, value in config.defaults().items()}
         values.update({"BTC_PROFILE": "local", "BTC_STACK_DIR": str(self.paths.state_dir),
-                       "BTC_CACHE_DIR": str(self.paths.cache_dir), "BTC_DATA_DIR": str(config.data_dir())})
+                       "BTC_CACHE_DIR": str(self.paths.cache_dir)})
         for service in self.services.values():
             values.update(service.env())
         return values

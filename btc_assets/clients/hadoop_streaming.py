@@ -227,7 +227,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     with open_dagster_pipes() as pipes:
         command = pipes.get_extra("command")
-        pipes.log.info(f"Hadoop Streaming: {' '.join(command[-12:])}")
+        pipes.log.info(f"Hadoop Streaming: {' '.join(command)}")
         try:
             counters = run_job(command, log=pipes.log.info)
         except StreamingJobError as exc:

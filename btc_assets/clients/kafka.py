@@ -6,9 +6,11 @@ raw log, and batches with a short linger for throughput.
 
 from __future__ import annotations
 
+import time
+
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 
 def admin(bootstrap_servers: str, **overrides) -> KafkaAdminClient:
@@ -29,6 +31,30 @@ def ensure_topic(bootstrap_servers: str, name: str, *, partitions: int, replicat
         return False
     finally:
         client.close()
+
+
+def ensure_trade_topics(bootstrap_servers: str, topics, *, partitions: int, replication: int = 1,
+                        wait_seconds: float = 0.0, should_stop=lambda: False, log=None) -> list[str]:
+    """Every trade topic and its dead-letter topic (``schema.dlq_topic``), created if missing: the one place
+    the pipeline creates topics (the producer, the Spark job and the ``trade_topics`` asset all call it).
+
+    ``wait_seconds``: keep retrying this long while Kafka is not reachable yet (a service starting beside
+    its broker). Returns the names of the topics created.
+    """
+    from btc_assets.contracts.schema import dlq_topic
+
+    names = [name for topic in topics for name in (topic, dlq_topic(topic))]
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            return [name for name in names
+                    if ensure_topic(bootstrap_servers, name, partitions=partitions, replication=replication)]
+        except KafkaError as error:
+            if time.monotonic() >= deadline or should_stop():
+                raise
+            if log is not None:
+                log(f"Kafka not ready for topic creation ({error}); retrying")
+            time.sleep(2)
 
 
 def partition_count(bootstrap_servers: str, topic: str) -> int:

@@ -58,9 +58,10 @@ class KafkaResource(dg.ConfigurableResource):
 
         return trade_topic(symbol, self.topic_template)
 
-    def ensure_topic(self, name: str, partitions: int | None = None) -> bool:
-        return kafka_io.ensure_topic(self.bootstrap_servers, name, partitions=partitions or self.partitions,
-                                     replication=self.replication)
+    def ensure_trade_topics(self, topics: list[str]) -> list[str]:
+        """The trade topics and their dead-letter topics, created if missing; returns those created."""
+        return kafka_io.ensure_trade_topics(self.bootstrap_servers, topics, partitions=self.partitions,
+                                            replication=self.replication)
 
     def producer(self, **overrides):
         return kafka_io.producer(self.bootstrap_servers, **overrides)

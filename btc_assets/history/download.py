@@ -10,9 +10,7 @@ download, a checksum mismatch or a killed run leaves storage exactly as it was.
 from __future__ import annotations
 
 import hashlib
-import random
 import tempfile
-import time
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,10 +19,10 @@ from typing import Callable, Iterator
 import requests
 
 from btc_assets.contracts import schema
+from btc_assets.clients.http import TRANSIENT_STATUS, retrying_session
 from btc_assets.clients.storage import Storage
 
 CHUNK = 4 * 1024 * 1024
-TRANSIENT_STATUS = {429, 500, 502, 503, 504}
 
 
 class HistoryError(RuntimeError):
@@ -69,30 +67,28 @@ class HistoryClient:
     log: Callable[[str], None] = print
 
     def __post_init__(self):
-        self.session = requests.Session()
+        # Connection errors and 429/5xx are retried with capped exponential backoff; a 404 is final.
+        self.session = retrying_session(retries=self.retries, backoff=self.backoff_seconds,
+                                        max_backoff=self.max_backoff_seconds, log=self.log)
 
     def _get(self, url: str, *, stream: bool = False) -> requests.Response:
         """GET with retries on connection errors and 429/5xx; a 404 is final (DayNotPublished)."""
-        for attempt in range(self.retries + 1):
-            try:
-                response = self.session.get(url, stream=stream, timeout=self.timeout_seconds)
-                if response.status_code == 404:
-                    raise DayNotPublished(f"{url} does not exist (HTTP 404): the day is not published "
-                                          "yet, or the symbol/date is wrong")
-                if response.status_code not in TRANSIENT_STATUS:
-                    response.raise_for_status()
-                    return response
-                reason = f"HTTP {response.status_code}"
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                reason = type(exc).__name__
-            except requests.HTTPError as exc:
-                raise HistoryError(f"{url}: {exc}") from exc
-            if attempt == self.retries:
-                raise HistoryError(f"{url}: still failing after {self.retries + 1} attempts ({reason})")
-            delay = min(self.max_backoff_seconds, self.backoff_seconds * 2**attempt) * random.uniform(0.5, 1.0)
-            self.log(f"{url}: {reason}, retrying in {delay:.1f}s ({attempt + 1}/{self.retries})")
-            time.sleep(delay)
-        raise AssertionError("unreachable")
+        try:
+            response = self.session.get(url, stream=stream, timeout=self.timeout_seconds)
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError) as exc:
+            raise HistoryError(f"{url}: still failing after {self.retries + 1} attempts ({type(exc).__name__}: "
+                               f"{exc})") from exc
+        if response.status_code == 404:
+            raise DayNotPublished(f"{url} does not exist (HTTP 404): the day is not published "
+                                  "yet, or the symbol/date is wrong")
+        if response.status_code in TRANSIENT_STATUS:
+            raise HistoryError(f"{url}: still failing after {self.retries + 1} attempts "
+                               f"(HTTP {response.status_code})")
+        try:
+            response.raise_for_status()
+        except requests.HTTPError as exc:
+            raise HistoryError(f"{url}: {exc}") from exc
+        return response
 
     def download(self, symbol: str, date: str, directory: Path) -> tuple[Path, str, str]:
         """Download a day's zip into ``directory`` and verify it; return (path, sha256, url)."""

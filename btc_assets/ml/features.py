@@ -4,7 +4,7 @@
     frame = build_training_frame(bars)                      # features + target, one row per minute
     plan = plan_split(training_days(frame))                 # earlier days train, then validate, last test
     train, validation, test = chronological_split(frame, plan)
-    live = features_from_recent_bars(latest_bars)           # the same features for one live minute
+    live = latest_features(spark, latest_bars)              # the same features for one live minute
 
 Honest features (``FEATURES``) use the current minute's bar and earlier bars only, as ratios, so
 a model trained at one price level works at any other:
@@ -26,11 +26,8 @@ minute right after (``minute + 1``); a row whose next minute has no bar (no trad
 and is left out. A model's price is ``close * (1 + predicted return)``.
 
 Lags count bars, not minutes: minutes without trades have no bar (CONTRACTS.md section 4), so
-``t-1`` is the last minute that traded. The Spark version (windows partitioned by symbol, ordered by
-minute) and the pandas version for one live minute compute the same IEEE double operations in the
-same order (``/`` and ``-`` only; sums of the rolling means left to right), so they agree to the
-last bit; the tests check it. No logs or trigonometry: the JVM and the C library may round those
-differently.
+``t-1`` is the last minute that traded. One implementation computes them, in Spark (windows partitioned by symbol, ordered by
+minute), for training and for serving; ``latest_features`` runs it on a live minute's newest bars.
 
 The seed project's features (``SEED_FEATURES``: day of week, hour, minute, average quantity, average
 quote quantity, maker share, predicting ``avg_price`` of the same minute) are kept beside them only
@@ -248,48 +245,22 @@ def chronological_split(frame: DataFrame, plan: SplitPlan | None = None) -> tupl
 # --- One live minute, without Spark ---------------------------------------------------------
 
 
-def features_from_recent_bars(bars: pd.DataFrame) -> pd.DataFrame:
-    """The features of the newest bar in ``bars`` (one symbol), as one row: what ``feature_frame`` gives it.
+def latest_features(spark: SparkSession, bars: pd.DataFrame, symbol: str = schema.DEFAULT_SYMBOL) -> pd.DataFrame:
+    """The features of the newest bar in ``bars`` (one symbol), as one row, from the newest ``LOOKBACK_BARS``
+    bars alone: what a live minute has. Computed by ``feature_frame`` itself (one implementation of the
+    features, for training and serving).
 
-    ``bars``: at least ``LOOKBACK_BARS`` consecutive bars (the newest ones, e.g. from InfluxDB's
-    ``bars_1m``), the contract's fields, ``minute`` as a timestamp or ``YYYY-MM-DD HH:MM`` label, in any
-    order. Returns ``minute``, ``minute_index``, ``close`` and ``FEATURES``. Plain Python floats,
-    in the order Spark evaluates them, so the values are bit-identical to the training frame's.
+    ``bars``: the contract's fields, ``minute`` as a timestamp or ``YYYY-MM-DD HH:MM`` label, in any order.
+    Returns ``minute`` (UTC timestamp), ``minute_index``, ``close`` and ``FEATURES``.
     """
     minutes = pd.to_datetime(bars[schema.MINUTE], utc=True, format="mixed")
     ordered = bars.assign(**{schema.MINUTE: minutes}).sort_values(schema.MINUTE).tail(LOOKBACK_BARS)
     if len(ordered) < LOOKBACK_BARS:
         raise ValueError(f"features need the last {LOOKBACK_BARS} bars, got {len(ordered)}")
-    close = [float(value) for value in ordered[CLOSE]]
-    volume = [float(value) for value in ordered["volume"]]
-    trades = [float(value) for value in ordered["trades"]]
-    taker = [float(value) for value in ordered["taker_buy_volume"]]
-    newest = ordered.iloc[-1]
-    minute_index = int(newest[schema.MINUTE].value // 60_000_000_000)
+    labelled = ordered.assign(**{schema.MINUTE: ordered[schema.MINUTE].dt.strftime(schema.MINUTE_FORMAT), SYMBOL: symbol})
+    from pyspark.sql import functions as F
 
-    def mean_of_last(values: list[float]) -> float:
-        total = 0.0  # left to right, as Spark's window sum adds the frame's rows
-        for value in values[-ROLLING_BARS:]:
-            total += value
-        return total / float(ROLLING_BARS)
-
-    row = {
-        schema.MINUTE: newest[schema.MINUTE],
-        MINUTE_INDEX: minute_index,
-        CLOSE: close[-1],
-        "return_1m": close[-1] / close[-2] - 1,
-        "return_1m_lag1": close[-2] / close[-3] - 1,
-        "return_1m_lag2": close[-3] / close[-4] - 1,
-        "return_5m": close[-1] / close[-6] - 1,
-        "return_15m": close[-1] / close[-16] - 1,
-        "vwap_deviation": close[-1] / float(newest["vwap"]) - 1,
-        "range_1m": float(newest["high"]) / float(newest["low"]) - 1,
-        "volume_ratio_15m": volume[-1] / mean_of_last(volume),
-        "trades_ratio_15m": trades[-1] / mean_of_last(trades),
-        "maker_ratio": float(newest["maker_ratio"]),
-        "taker_buy_share": taker[-1] / volume[-1],
-        "taker_buy_share_lag1": taker[-2] / volume[-2],
-        "minute_of_day": minute_index % MINUTES_PER_DAY,
-        "day_of_week": (minute_index // MINUTES_PER_DAY + EPOCH_WEEKDAY) % 7,
-    }
-    return pd.DataFrame([row], columns=[schema.MINUTE, MINUTE_INDEX, CLOSE, *FEATURES])
+    frame = feature_frame(spark.createDataFrame(labelled[[SYMBOL, *schema.BAR_FIELDS]]))
+    newest = frame.orderBy(F.col(MINUTE_INDEX).desc()).limit(1).select(MINUTE_INDEX, CLOSE, *FEATURES).toPandas()
+    newest.insert(0, schema.MINUTE, [ordered[schema.MINUTE].iloc[-1]])
+    return newest

@@ -4,8 +4,8 @@
     print(metrics_table(results))
     save_model(storage, "gbt", version, results.models["gbt"].model, results.models["gbt"].metrics)
     model, metrics = load_model(storage, "gbt")                         # the newest complete version
-    price = predict_next_price(spark, model, features_from_recent_bars(latest_bars))   # one minute, by hand
-    # (the price_predictions asset serves many live minutes at once: lib/predictions.predict_live)
+    price = predict_next_price(spark, model, latest_features(spark, latest_bars))   # one minute, by hand
+    # (the price_predictions asset serves many live minutes at once: ml/predictions.predict_live)
     seed = seed_replication(history, test, ModelParams())              # the original setup, same data
 
 Every model predicts ``target_return`` (features.py); its price is ``close * (1 + prediction)``, so
@@ -171,7 +171,7 @@ def predict(model: PipelineModel, frame: DataFrame, prediction: str = PREDICTION
 
 
 def predict_next_price(spark, model: PipelineModel, live_features: pd.DataFrame) -> float:
-    """The next minute's price ``model`` predicts from one live row (``features.features_from_recent_bars``)."""
+    """The next minute's price ``model`` predicts from one live row (``features.latest_features``)."""
     row = spark.createDataFrame(live_features[[CLOSE, *FEATURES]])
     predicted_return = model.transform(row).select(PREDICTION).first()[0]
     return float(live_features[CLOSE].iloc[0]) * (1.0 + predicted_return)

@@ -75,6 +75,7 @@ from kafka.errors import KafkaError, KafkaTimeoutError
 from btc_assets import config
 
 from btc_assets.clients import kafka as kafka_io
+from btc_assets.clients.http import retrying_session
 
 from btc_assets.contracts import schema
 from btc_assets.contracts.schema import MalformedTrade
@@ -118,10 +119,7 @@ class ProducerSettings:
             symbols=config.symbols(),
             ws_url=config.get("BTC_BINANCE_WS_URL"),
             rest_url=config.get("BTC_BINANCE_REST_URL"),
-            bootstrap_servers=config.get("BTC_KAFKA_BOOTSTRAP_SERVERS"),
-            topic_template=config.get("BTC_KAFKA_TOPIC_TEMPLATE"),
-            partitions=config.get_int("BTC_KAFKA_PARTITIONS"),
-            replication=config.get_int("BTC_KAFKA_REPLICATION"),
+            **config.kafka_settings(),
         )
         settings.update({name: value for name, value in overrides.items() if value is not None})
         return cls(**settings)
@@ -272,37 +270,26 @@ class HistoricalTrades:
 
     def __init__(self, rest_url: str, *, retries: int = 3, retry_delay_s: float = 1.0, timeout_s: float = 10.0):
         self.url = rest_url.rstrip("/") + "/api/v3/historicalTrades"
-        self.retries, self.retry_delay_s, self.timeout_s = retries, retry_delay_s, timeout_s
-        self._session = requests.Session()
+        self.timeout_s = timeout_s
+        # Server errors and rate limits (429, and 418 once Binance bans an IP) are retried, with Retry-After.
+        self._session = retrying_session(retries=retries, backoff=retry_delay_s, statuses=(418, 429, 500, 502, 503, 504),
+                                         log=log.warning)
 
     def page(self, symbol: str, from_id: int, limit: int = REST_PAGE_LIMIT) -> list[dict]:
-        """Up to ``limit`` trades from ``from_id`` on; retries server errors and rate limits."""
-        problem, retry_after = "", None
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self._delay(attempt, retry_after))
-            retry_after = None
-            try:
-                response = self._session.get(self.url, params={"symbol": symbol, "fromId": from_id, "limit": limit},
-                                             timeout=self.timeout_s)
-            except requests.RequestException as error:
-                problem = f"{type(error).__name__}: {error}"
-                continue
+        """Up to ``limit`` trades from ``from_id`` on; server errors and rate limits are retried."""
+        try:
+            response = self._session.get(self.url, params={"symbol": symbol, "fromId": from_id, "limit": limit},
+                                         timeout=self.timeout_s)
+        except requests.RequestException as error:
+            problem = f"{type(error).__name__}: {error}"
+        else:
             if response.status_code == 200:
                 rows = response.json()
                 if not isinstance(rows, list):
                     raise BackfillUnavailable(f"historicalTrades answered {str(rows)[:200]}")
                 return rows
             problem = f"HTTP {response.status_code}: {response.text[:200]}"
-            retry_after = response.headers.get("Retry-After")
-            if response.status_code < 500 and response.status_code not in (418, 429):
-                break  # a client error: asking again will not help
         raise BackfillUnavailable(f"historicalTrades?symbol={symbol}&fromId={from_id} failed: {problem}")
-
-    def _delay(self, attempt: int, retry_after: str | None) -> float:
-        if retry_after and retry_after.isdigit():  # Binance says how long a rate limit lasts
-            return min(float(retry_after), 60.0)
-        return random.uniform(0.5, 1.0) * self.retry_delay_s * 2 ** (attempt - 1)
 
     def close(self) -> None:
         self._session.close()
@@ -701,10 +688,8 @@ class TradeProducerService:
 
     def start(self) -> None:
         settings = self.settings
-        for topic in self.topics.values():
-            for name in (topic, schema.dlq_topic(topic)):
-                kafka_io.ensure_topic(settings.bootstrap_servers, name, partitions=settings.partitions,
-                                      replication=settings.replication)
+        kafka_io.ensure_trade_topics(settings.bootstrap_servers, self.topics.values(),
+                                     partitions=settings.partitions, replication=settings.replication)
         if settings.resume:
             resumed = last_trade_ids_in_kafka(settings.bootstrap_servers, self.topics)
             self.stats_counters.last_trade_id.update(resumed)

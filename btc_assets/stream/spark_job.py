@@ -136,10 +136,7 @@ class StreamSettings:
         env = {setting.name: config.get(setting.name) for setting in config.STREAM_SETTINGS}
         values = dict(
             symbols=tuple(config.symbols()),
-            bootstrap_servers=config.get("BTC_KAFKA_BOOTSTRAP_SERVERS"),
-            topic_template=config.get("BTC_KAFKA_TOPIC_TEMPLATE"),
-            partitions=config.get_int("BTC_KAFKA_PARTITIONS"),
-            replication=config.get_int("BTC_KAFKA_REPLICATION"),
+            **config.kafka_settings(),
             influx_url=config.get("BTC_INFLUX_URL"),
             influx_org=config.get("BTC_INFLUX_ORG"),
             influx_bucket=config.get("BTC_INFLUX_BUCKET"),
@@ -651,20 +648,10 @@ class SparkStreamJob:
         return 0
 
     def _ensure_topics(self) -> None:
-        """The trade topics and their DLQs, created if missing (the producer makes them the same way)."""
-        topics = [name for topic in self.settings.topics for name in (topic, schema.dlq_topic(topic))]
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                for topic in topics:
-                    kafka_io.ensure_topic(self.settings.bootstrap_servers, topic,
-                                          partitions=self.settings.partitions, replication=self.settings.replication)
-                return
-            except Exception as error:  # noqa: BLE001 - Kafka may still be starting
-                if time.monotonic() > deadline or self._stop_requested.is_set():
-                    raise
-                log.warning("Kafka not ready for topic creation (%s); retrying", error)
-                time.sleep(2)
+        """The trade topics and their DLQs, created if missing; Kafka may still be starting."""
+        kafka_io.ensure_trade_topics(self.settings.bootstrap_servers, self.settings.topics,
+                                     partitions=self.settings.partitions, replication=self.settings.replication,
+                                     wait_seconds=120, should_stop=self._stop_requested.is_set, log=log.warning)
 
     def _supervise(self, name: str) -> None:
         query, stats = self.queries[name], self.stats[name]

@@ -112,25 +112,26 @@ def test_plan_split_by_day_counts():
         features.plan_split(month[:2])
 
 
-def test_live_features_equal_spark_features(spark, noise_bars):
+def test_the_newest_bars_alone_give_the_training_features(spark, noise_bars):
+    """A live minute has only its newest 16 bars: its features equal the training frame's row to the bit."""
     bars = noise_bars.head(2 * 1440).reset_index(drop=True)
     frame = _frame(spark, bars)
     columns = [features.MINUTE_INDEX, features.CLOSE, *features.FEATURES]
-    rows = [*range(features.LOOKBACK_BARS - 1, len(bars), 37), len(bars) - 1]
-    for row in rows:
-        # What the live predictor will have: the newest bars, timestamps as InfluxDB gives them.
+    for row in [features.LOOKBACK_BARS - 1, 1000, len(bars) - 1]:
+        # What the live predictor will have: the newest bars, timestamps as InfluxDB gives them, any order.
         recent = bars.iloc[row + 1 - features.LOOKBACK_BARS: row + 1].assign(
             **{schema.MINUTE: pd.to_datetime(bars[schema.MINUTE].iloc[row + 1 - features.LOOKBACK_BARS: row + 1],
                                              utc=True)})
-        live = features.features_from_recent_bars(recent.sample(frac=1.0, random_state=row))
+        live = features.latest_features(spark, recent.sample(frac=1.0, random_state=row), SYMBOL)
         expected = frame.loc[[row], columns].reset_index(drop=True)
         pd.testing.assert_frame_equal(live[columns], expected, check_exact=True, check_dtype=False)
+        assert live[schema.MINUTE].iloc[0] == pd.Timestamp(bars[schema.MINUTE].iloc[row], tz="UTC")
     # Longer history changes nothing: only the newest bars count.
-    whole = features.features_from_recent_bars(bars)
+    whole = features.latest_features(spark, bars, SYMBOL)
     pd.testing.assert_frame_equal(whole[columns], frame.loc[[len(bars) - 1], columns].reset_index(drop=True),
                                   check_exact=True, check_dtype=False)
     with pytest.raises(ValueError, match="last 16 bars"):
-        features.features_from_recent_bars(bars.tail(features.LOOKBACK_BARS - 1))
+        features.latest_features(spark, bars.tail(features.LOOKBACK_BARS - 1), SYMBOL)
 
 
 def test_minute_bars_read_from_contract_text(spark, tmp_path, signal_bars):

@@ -10,7 +10,7 @@ import pytest
 from btc_assets.ml import features, models
 
 from btc_assets.contracts import schema
-from btc_assets_tests.ml.conftest import SMALL, spark_bars
+from btc_assets_tests.ml.conftest import SMALL, SYMBOL, spark_bars
 
 NO_SKILL = 0.01  # on pure noise a model may not claim more than this
 
@@ -84,7 +84,7 @@ def test_saved_models_load_back_with_the_same_predictions(spark, signal_run, sig
         # Served live: features from the newest bars alone, the loaded model, the same price to the bit.
         last = after.iloc[-1]
         position = int(np.flatnonzero(signal_bars[schema.MINUTE] == last[schema.MINUTE].strftime("%Y-%m-%d %H:%M"))[0])
-        live = features.features_from_recent_bars(signal_bars.iloc[position + 1 - features.LOOKBACK_BARS: position + 1])
+        live = features.latest_features(spark, signal_bars.iloc[position + 1 - features.LOOKBACK_BARS: position + 1], SYMBOL)
         assert models.predict_next_price(spark, loaded, live) == last["predicted_price"], name
     assert models.model_versions(storage, "gbt") == [version]
     # A version without metrics.json (a save cut short) is never the one served.

@@ -126,10 +126,10 @@ def test_predictions_for_live_minutes_land_under_each_model_with_their_errors(
     feature_bars = complete.iloc[features.LOOKBACK_BARS - 1:]
     assert list(persistence["predicted_price"]) == list(feature_bars["close"])
     assert facts["persistence_skill"] == 0.0
-    # The forecast is what the saved model makes of the newest 16 bars alone (the plain-Python feature twin).
+    # The forecast is what the saved model makes of the newest 16 bars alone.
     for name in schema.MODELS:
         loaded, _ = models.load_model(saved_models.storage, name)
-        live = features.features_from_recent_bars(complete.tail(features.LOOKBACK_BARS))
+        live = features.latest_features(spark, complete.tail(features.LOOKBACK_BARS), SYMBOL)
         assert first_round[name].loc[forecast_minute, "predicted_price"] == models.predict_next_price(
             spark, loaded, live), name
 

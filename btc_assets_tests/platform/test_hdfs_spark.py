@@ -74,7 +74,7 @@ def test_hadoop_streaming_job_over_hdfs(resources, tmp_path, unique):
 def test_spark_reads_kafka_and_writes_hdfs(resources, spark, unique):
     kafka = resources["kafka"]
     topic = f"spark-test-{unique}"
-    kafka.ensure_topic(topic, partitions=3)
+    kafka.ensure_trade_topics([topic])
     producer = kafka.producer()
     for trade_id in range(2_000):
         producer.send(topic, key=str(trade_id).encode(),

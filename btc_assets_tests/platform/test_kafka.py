@@ -30,9 +30,9 @@ def consume_all(kafka, topic: str, expected: int, timeout_s: float = 120.0) -> l
 def test_produce_consume_and_survive_restarts(stack, resources, unique):
     kafka = resources["kafka"]
     topic = f"platform-test-{unique}"
-    assert kafka.ensure_topic(topic, partitions=3) is True
-    assert kafka.ensure_topic(topic, partitions=3) is False  # idempotent
-    assert kafka_io.partition_count(kafka.bootstrap_servers, topic) == 3
+    assert kafka.ensure_trade_topics([topic]) == [topic, f"{topic}.dlq"]
+    assert kafka.ensure_trade_topics([topic]) == []  # idempotent
+    assert kafka_io.partition_count(kafka.bootstrap_servers, topic) == kafka.partitions == 3
 
     producer = kafka.producer()
     for number in range(MESSAGES):

@@ -16,12 +16,12 @@ def trade_topics(context: dg.AssetExecutionContext, kafka: KafkaResource) -> dg.
     number of records each topic holds.
     """
     described = {}
-    for symbol in config.symbols():
-        for topic in (kafka.topic(symbol), dlq_topic(kafka.topic(symbol))):
-            created = kafka.ensure_topic(topic)
-            offsets = kafka.end_offsets(topic)
-            described[topic] = {"partitions": len(offsets), "records": sum(offsets.values()), "created": created}
-            context.log.info(f"{topic}: {'created' if created else 'exists'}, {len(offsets)} partitions")
+    topics = [kafka.topic(symbol) for symbol in config.symbols()]
+    created = kafka.ensure_trade_topics(topics)
+    for topic in [name for topic in topics for name in (topic, dlq_topic(topic))]:
+        offsets = kafka.end_offsets(topic)
+        described[topic] = {"partitions": len(offsets), "records": sum(offsets.values()), "created": topic in created}
+        context.log.info(f"{topic}: {'created' if topic in created else 'exists'}, {len(offsets)} partitions")
     return dg.MaterializeResult(metadata={
         "topics": dg.MetadataValue.json(described),
         "records": dg.MetadataValue.int(sum(item["records"] for item in described.values())),
