@@ -53,6 +53,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BTC_HADOOP_STREAMING_JAR", "<cache>/hadoop/<version>/lib/hadoop-streaming-*.jar",
             "the hadoop-streaming jar"),
     Setting("HADOOP_CONF_DIR", "$BTC_STACK_DIR/hadoop/conf", "Hadoop client configuration directory"),
+    Setting("BTC_MAPREDUCE_CONCURRENCY", "1",
+            "most MapReduce jobs (minute_bars runs) at once, e.g. in a UI backfill: the `mapreduce` pool's limit "
+            "(1 fits 2 cores: each job runs one map task per core)"),
+    # Dagster
+    Setting("BTC_DAGSTER_URL", "http://127.0.0.1:3000", "the Dagster webserver (UI and GraphQL API)"),
+    Setting("BTC_DAGSTER_MAX_CONCURRENT_RUNS", "4", "runs the queued run coordinator launches at once"),
+    Setting("DAGSTER_POSTGRES_HOST", "127.0.0.1", "PostgreSQL of Dagster's run, event-log and schedule storage"),
+    Setting("DAGSTER_POSTGRES_PORT", "5432", "its port (the local stack's: 5433)"),
+    Setting("DAGSTER_POSTGRES_USER", "dagster", "its user"),
+    Setting("DAGSTER_POSTGRES_DB", "dagster", "its database"),
+    Setting("DAGSTER_POSTGRES_PASSWORD", "(generated)", "its password (the local stack generates one)", secret=True),
     # Spark
     Setting("BTC_SPARK_MASTER", "local[2]", "Spark master URL (`spark://host:7077` on a cluster)"),
     Setting("BTC_SPARK_DRIVER_MEMORY", "2g", "Spark driver heap"),

@@ -364,6 +364,17 @@ def cmd_produce(args) -> int:
     return producer.main(forwarded[1:] if forwarded[:1] == ["--"] else forwarded)
 
 
+def cmd_ui(args) -> int:
+    """Where the Dagster UI of the local stack is, and whether it answers."""
+    stack = _stack()
+    dagster = stack.services["dagster"]
+    print(dagster.url)
+    if not dagster.is_running():
+        progress("ui", "the webserver is not running: `btc-pipeline stack up` starts it (with postgres and the daemon)")
+        return 3
+    return 0
+
+
 def cmd_dashboards(args) -> int:
     from btc_assets import dashboards
 
@@ -432,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     produce = sub.add_parser("produce", help="the WebSocket -> Kafka producer in the foreground", add_help=False)
     produce.add_argument("producer_args", nargs=argparse.REMAINDER, help="see `btc-pipeline produce --help`")
     produce.set_defaults(func=cmd_produce)
+
+    ui = sub.add_parser("ui", help="print the Dagster UI's URL (the stack's webserver)")
+    ui.set_defaults(func=cmd_ui)
 
     boards = sub.add_parser("dashboards", help="regenerate grafana/dashboards/*.json from btc_assets/dashboards.py")
     boards.set_defaults(func=cmd_dashboards)

@@ -13,9 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 from btc_assets import config
 
 from .base import Service, StackError, StackPaths, progress
+from .dagster import DagsterService
 from .hadoop import HadoopService
 from .influxdb import InfluxDBService
 from .kafka import KafkaService
+from .postgres import PostgresService
 from .spark import SparkService
 
 ENV_HEADER = """# Written by `btc-pipeline stack up`: endpoints and generated credentials of the local stack.
@@ -29,7 +31,9 @@ class LocalStack:
         self.services: dict[str, Service] = {
             service.name: service
             for service in (HadoopService(self.paths), KafkaService(self.paths),
-                            InfluxDBService(self.paths), SparkService(self.paths))}
+                            InfluxDBService(self.paths), SparkService(self.paths), PostgresService(self.paths),
+                            # Last: it loads the code location with every other engine's settings.
+                            DagsterService(self.paths, self.env))}
 
     @property
     def env_file(self):

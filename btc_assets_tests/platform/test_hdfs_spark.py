@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import textwrap
 
+from btc_assets.clients.hadoop_streaming import StreamingJob
 from btc_assets.clients.storage import StorageError
 
 
@@ -58,8 +59,8 @@ def test_hadoop_streaming_job_over_hdfs(resources, tmp_path, unique):
             print(f"{word}\\t{sum(int(count) for _, count in group)}")
     """))
     output = storage.path(f"tests/{unique}/counts")
-    counters = resources["mapreduce"].run(
-        mapper=str(mapper), reducer=str(reducer), inputs=[storage.url(source)], output=storage.url(output))
+    counters = resources["mapreduce"].run(StreamingJob(
+        mapper=str(mapper), reducer=str(reducer), inputs=[storage.url(source)], output=storage.url(output)))
 
     parts = [status.path for status in storage.fs.list(output) if status.path.rsplit("/", 1)[-1].startswith("part-")]
     counts = dict(line.split("\t") for part in parts

@@ -13,6 +13,7 @@ from btc_assets.history.download import ingest_day
 
 # Binance's spot archive starts long before; 2024 keeps the UI's partition list useful. The last
 # partition is yesterday (UTC): the newest complete day.
+MAPREDUCE_POOL = "mapreduce"
 MAP_SLOTS = 2  # parallel map tasks in the local profile (one per core of the target machine)
 daily_partitions = dg.DailyPartitionsDefinition(start_date="2024-01-01", timezone="UTC")
 
@@ -53,7 +54,9 @@ def raw_trades(context: dg.AssetExecutionContext, storage: StorageResource,
     })
 
 
-@dg.asset(partitions_def=daily_partitions, deps=[raw_trades], group_name="history", kinds={"hdfs", "hadoop"})
+@dg.asset(partitions_def=daily_partitions, deps=[raw_trades], group_name="history", kinds={"hdfs", "hadoop"},
+          # At most BTC_MAPREDUCE_CONCURRENCY jobs at once (the instance's pool limit), however many runs a backfill queues.
+          pool=MAPREDUCE_POOL)
 def minute_bars(context: dg.AssetExecutionContext, storage: StorageResource,
                 mapreduce: MapReduceResource) -> dg.MaterializeResult:
     """One-minute bars of the day (CONTRACTS.md section 4) from a Hadoop Streaming job.

@@ -1,0 +1,165 @@
+"""Dagster as deployed, on the local stack: the webserver and the daemon on one DAGSTER_HOME, storage on PostgreSQL.
+
+``<state>/dagster_home/dagster.yaml`` is written at every start: run, event-log and schedule storage in
+the stack's PostgreSQL (``dagster-postgres``, credentials from the environment, never in the file),
+the queued run coordinator, and a pool limit (``BTC_MAPREDUCE_CONCURRENCY``) so that a backfill
+launched from the UI runs at most that many MapReduce jobs at once. Both processes load the code
+location from ``workspace.yaml`` and get the stack's settings (``stack.env``) as their environment.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import requests
+
+from btc_assets import config
+
+from .base import REPO_ROOT, ManagedProcess, Service, StackError, ensure_port_free, env_port, progress
+
+HOST = "127.0.0.1"
+MAPREDUCE_POOL = "mapreduce"  # the pool minute_bars runs in (btc_assets/defs/history/assets.py)
+
+INSTANCE_YAML = """\
+# Written by btc_localstack/dagster.py at every start of the local stack; edits are overwritten.
+# The deployed instance: storage on PostgreSQL, queued runs, MapReduce jobs limited by a pool.
+storage:
+  postgres:
+    postgres_db:
+      username: {{env: DAGSTER_POSTGRES_USER}}
+      password: {{env: DAGSTER_POSTGRES_PASSWORD}}
+      hostname: {{env: DAGSTER_POSTGRES_HOST}}
+      db_name: {{env: DAGSTER_POSTGRES_DB}}
+      port: {{env: DAGSTER_POSTGRES_PORT}}
+      # psycopg2 (dagster-postgres' driver): SQLAlchemy 2.1 would pick psycopg 3 for plain `postgresql`.
+      scheme: postgresql+psycopg2
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+concurrency:
+  runs:
+    max_concurrent_runs: {max_runs}
+  pools:
+    # Pools without a limit of their own (minute_bars' "{pool}") run this many steps at once; `run`
+    # granularity keeps a run in the queue until its pool has room, so a backfill never piles JVMs up.
+    default_limit: {mapreduce_limit}
+    granularity: run
+run_monitoring:
+  enabled: true
+  poll_interval_seconds: 30
+telemetry:
+  enabled: false
+"""
+
+DAEMON_HEALTH = "{ instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }"
+
+
+def graphql(url: str, query: str, variables: dict | None = None, timeout: float = 30.0) -> dict:
+    """A query against the webserver's GraphQL API; raises with the server's errors."""
+    response = requests.post(f"{url}/graphql", json={"query": query, "variables": variables or {}}, timeout=timeout)
+    response.raise_for_status()
+    body = response.json()
+    if body.get("errors"):
+        raise RuntimeError(f"GraphQL errors: {body['errors']}")
+    return body["data"]
+
+
+class DagsterService(Service):
+    """``dagster-webserver`` (127.0.0.1:3000 by default) and ``dagster-daemon`` sharing ``<state>/dagster_home``."""
+
+    name = "dagster"
+
+    def __init__(self, paths, stack_env: Callable[[], dict[str, str]]):
+        super().__init__(paths)
+        self.port = env_port("BTC_STACK_DAGSTER_PORT", 3000, component="dagster")
+        self.url = f"http://{HOST}:{self.port}"
+        self.stack_env = stack_env
+        self.webserver = ManagedProcess("webserver", self.state)
+        self.daemon = ManagedProcess("daemon", self.state)
+
+    @property
+    def home(self) -> Path:
+        return self.paths.state_dir / "dagster_home"
+
+    def provision(self) -> None:
+        for tool in ("dagster-webserver", "dagster-daemon"):
+            if not (Path(sys.executable).parent / tool).exists() and not shutil.which(tool):
+                raise StackError(f"dagster: `{tool}` is missing: install the project (./pipeline does)")
+
+    def write_instance(self) -> Path:
+        self.home.mkdir(parents=True, exist_ok=True)
+        limit = config.get_int("BTC_MAPREDUCE_CONCURRENCY")
+        if limit < 1:
+            raise StackError(f"dagster: BTC_MAPREDUCE_CONCURRENCY={limit}: at least 1 MapReduce job must be able to run")
+        text = INSTANCE_YAML.format(max_runs=config.get_int("BTC_DAGSTER_MAX_CONCURRENT_RUNS"),
+                                    mapreduce_limit=limit, pool=MAPREDUCE_POOL)
+        path = self.home / "dagster.yaml"
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+        return path
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.stack_env())
+        env["DAGSTER_HOME"] = str(self.home)
+        missing = [name for name in ("DAGSTER_POSTGRES_PASSWORD", "DAGSTER_POSTGRES_HOST") if not env.get(name)]
+        if missing:
+            raise StackError(f"dagster: {', '.join(missing)} not set: start postgres first (`btc-pipeline stack up`)")
+        return env
+
+    def _tool(self, name: str) -> str:
+        beside = Path(sys.executable).parent / name
+        return str(beside) if beside.exists() else name
+
+    def start(self) -> None:
+        if self.is_running():
+            return
+        self.write_instance()
+        env = self.environment()
+        workspace = str(REPO_ROOT / "workspace.yaml")
+        began = time.monotonic()
+        if not self.webserver.is_running():
+            ensure_port_free(HOST, self.port, component=self.name, variable="BTC_STACK_DAGSTER_PORT")
+            progress(self.name, f"starting the webserver on {self.url}")
+            self.webserver.start([self._tool("dagster-webserver"), "-h", HOST, "-p", str(self.port), "-w", workspace],
+                                 env=env, cwd=REPO_ROOT)
+        if not self.daemon.is_running():
+            progress(self.name, "starting the daemon (sensors, schedules, run queue, backfills)")
+            self.daemon.start([self._tool("dagster-daemon"), "run", "-w", workspace], env=env, cwd=REPO_ROOT)
+        self.webserver.wait_until(self._webserver_ready, component=self.name, what="dagster-webserver", timeout=180)
+        self.daemon.wait_until(self._daemons_healthy, component=self.name, what="dagster-daemon heartbeats",
+                               timeout=180)
+        progress(self.name, f"UI on {self.url} in {time.monotonic() - began:.0f}s (DAGSTER_HOME {self.home})")
+
+    def _webserver_ready(self) -> bool:
+        return requests.get(f"{self.url}/server_info", timeout=3).status_code == 200
+
+    def daemon_statuses(self) -> dict[str, bool]:
+        statuses = graphql(self.url, DAEMON_HEALTH)["instance"]["daemonHealth"]["allDaemonStatuses"]
+        return {status["daemonType"]: status["healthy"] for status in statuses if status["required"]}
+
+    def _daemons_healthy(self) -> bool:
+        statuses = self.daemon_statuses()
+        return bool(statuses) and all(statuses.values())
+
+    def stop(self, *, kill: bool = False) -> None:
+        for process in (self.daemon, self.webserver):
+            if process.is_running():
+                progress(self.name, f"stopping the {process.name}")
+            process.stop(timeout=30, kill=kill)
+
+    def is_running(self) -> bool:
+        return self.webserver.is_running() and self.daemon.is_running()
+
+    def status(self) -> dict[str, object]:
+        return {"running": self.is_running(), "url": self.url, "home": str(self.home),
+                "pids": {"webserver": self.webserver.pid(), "daemon": self.daemon.pid()},
+                "logs": [str(self.webserver.log_file), str(self.daemon.log_file)]}
+
+    def env(self) -> dict[str, str]:
+        return {"DAGSTER_HOME": str(self.home), "BTC_DAGSTER_URL": self.url}
