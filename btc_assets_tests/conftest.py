@@ -23,7 +23,15 @@ TEST_PORTS = {
     "BTC_STACK_HDFS_PORT": 18020, "BTC_STACK_HDFS_HTTP_PORT": 19870,
     "BTC_STACK_DATANODE_PORT": 19866, "BTC_STACK_DATANODE_HTTP_PORT": 19864, "BTC_STACK_DATANODE_IPC_PORT": 19867,
     "BTC_STACK_INFLUX_PORT": 18086, "BTC_STACK_BINANCE_EMULATOR_PORT": 28765,
+    "BTC_STACK_POSTGRES_PORT": 15433, "BTC_STACK_DAGSTER_PORT": 13000,
 }
+
+
+# data.binance.vision's stand-in for the runs the stack's daemon launches (they read BTC_BINANCE_HISTORY_URL
+# from the environment the daemon was started with): served for the whole session on this port.
+TEST_HISTORY_PORT = 28766
+TEST_HISTORY_SYMBOLS = ("BTCUSDT", "ETHUSDT")
+TEST_HISTORY_TRADES_PER_DAY = 20_000
 
 
 def test_stack_dir() -> str:
@@ -40,10 +48,21 @@ def pytest_configure(config):  # noqa: ARG001 - pytest's hook signature
     os.environ["BTC_PROFILE"] = "local"
     for name, port in TEST_PORTS.items():
         os.environ.setdefault(name, str(port))
+    os.environ["BTC_BINANCE_HISTORY_URL"] = f"http://127.0.0.1:{TEST_HISTORY_PORT}"
 
 
 @pytest.fixture(scope="session")
-def stack():
+def history_service(tmp_path_factory):
+    """The archive emulator the suite's Dagster instance downloads from (generated days, two symbols)."""
+    from btc_testkit import history_emulator
+
+    with history_emulator.serve(port=TEST_HISTORY_PORT, cache_dir=tmp_path_factory.mktemp("history-service"),
+                                symbols=TEST_HISTORY_SYMBOLS, trades_per_day=TEST_HISTORY_TRADES_PER_DAY) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def stack(history_service):
     """The suite's local stack, up for the whole session; stopped at the end only if this session started it.
 
     ``BTC_KEEP_STACK=1`` leaves it running for the next run (faster local iteration).
@@ -66,11 +85,12 @@ def stack():
 @pytest.fixture(scope="session")
 def resources(stack):
     """The code location's resources with their EnvVars resolved against the running stack."""
-    from btc_assets.defs.resources import (InfluxResource, KafkaResource, MapReduceResource, SparkResource,
-                                           StorageResource)
+    from btc_assets.defs.resources import (InfluxResource, KafkaResource, MapReduceResource, MarketResource,
+                                           SparkResource, StorageResource)
 
     env = os.environ
     return {
+        "market": MarketResource(symbols=env["BTC_SYMBOLS"]),
         "storage": StorageResource(filesystem_url=env["BTC_HDFS_URL"], webhdfs_url=env["BTC_WEBHDFS_URL"],
                                    user=env.get("BTC_HDFS_USER", ""), root=env["BTC_STORAGE_ROOT"]),
         "kafka": KafkaResource(bootstrap_servers=env["BTC_KAFKA_BOOTSTRAP_SERVERS"],

@@ -188,27 +188,42 @@ def run_step(number: str, title: str, command: list[str], env: dict[str, str], l
 
 
 def cmd_backfill(args) -> int:
-    """Materialize the history assets for every day of a range, one Dagster run per day."""
-    from btc_localstack.demo import demo_days, materialize
+    """A Dagster backfill of the history assets over a range of days, on the stack's instance (it shows in the UI's
+    backfill page); the daemon runs it, at most BTC_MAPREDUCE_CONCURRENCY MapReduce jobs at once."""
+    from btc_localstack.dagster import BACKFILL_DONE, backfill_status, launch_backfill
+    from btc_localstack.demo import demo_days
 
     start, end = date.fromisoformat(args.start), date.fromisoformat(args.end)
     if end < start:
         raise StackError(f"--end {end} is before --start {start}")
     stack = _stack()
-    env = dagster_env(stack)
-    logs = stack.paths.state_dir / "backfill-logs"
-    logs.mkdir(parents=True, exist_ok=True)
+    dagster = stack.services["dagster"]
+    if not dagster.is_running():
+        raise StackError("the Dagster webserver and daemon are not running: `btc-pipeline stack up` starts them")
     days = demo_days(args.start, (end - start).days + 1)
-    failed = []
-    with history_source(args, stack, env):
-        for number, day in enumerate(days, start=1):
-            if run_step(f"{day}", f"backfill {number}/{len(days)} {day}",
-                        materialize("raw_trades,minute_bars", partition=day), env, logs, "backfill") != 0:
-                failed.append(day)
-    if failed:
-        progress("backfill", f"{len(failed)} of {len(days)} days failed: {', '.join(failed)} (logs in {logs})")
+    backfill_id = launch_backfill(dagster.url, ["raw_trades", "minute_bars"], days,
+                                  title=f"history {days[0]}..{days[-1]}")
+    progress("backfill", f"{len(days)} days submitted: {dagster.url}/runs/b/{backfill_id}")
+    if args.no_wait:
+        print(backfill_id)
+        return 0
+    told = None
+    while True:
+        status = backfill_status(dagster.url, backfill_id)
+        runs = status["runs"] or []
+        counts = {state: sum(run["status"] == state for run in runs) for state in ("SUCCESS", "FAILURE", "STARTED", "QUEUED")}
+        line = (f"{status['status'].lower()}: {counts['SUCCESS']} of {len(days)} days done, {counts['STARTED']} running, "
+                f"{counts['QUEUED']} queued, {counts['FAILURE']} failed")
+        if line != told:
+            progress("backfill", line)
+            told = line
+        if status["status"] in BACKFILL_DONE and not counts["STARTED"] and not counts["QUEUED"]:
+            break
+        time.sleep(3)
+    print(backfill_id)
+    if counts["FAILURE"] or status["status"] not in ("COMPLETED", "COMPLETED_SUCCESS"):
+        progress("backfill", f"{counts['FAILURE']} of {len(days)} days failed: see {dagster.url}/runs/b/{backfill_id}")
         return 1
-    progress("backfill", f"{len(days)} days done")
     return 0
 
 
@@ -324,9 +339,28 @@ def wait_for_next_minute() -> None:
     time.sleep(max(0.0, ready_at - time.time()))
 
 
+def ensure_chromium(stack) -> None:
+    """The UI tests drive Debian's Chromium: install it when missing (as root), or say exactly what to install."""
+    chromium = os.environ.get("BTC_CHROMIUM", "/usr/bin/chromium")
+    if Path(chromium).exists():
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise StackError(f"the UI tests need Chromium at {chromium}: as root run `apt-get update && apt-get install -y "
+                         "chromium`, or set BTC_CHROMIUM to a Chromium binary")
+    progress("test", "installing Debian's chromium for the UI tests (apt-get, first run only)…")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    log = stack.paths.cache_dir / "apt-chromium.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+            if subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
+                raise StackError(f"`{' '.join(command)}` failed; see {log}")
+
+
 def cmd_test(args) -> int:
     stack = _stack()
     stack.provision()
+    ensure_chromium(stack)
     command = [sys.executable, "-m", "pytest", *args.pytest_args]
     progress("test", " ".join(command))
     return subprocess.run(command, cwd=REPO_ROOT).returncode
@@ -421,10 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-models", action="store_true", help="skip training and live predictions")
     demo.set_defaults(func=cmd_demo)
 
-    backfill = sub.add_parser("backfill", help="history assets for a range of days (one run per day)")
+    backfill = sub.add_parser("backfill", help="a Dagster backfill of the history assets over a range of days")
     backfill.add_argument("--start", required=True, help="first day, YYYY-MM-DD")
     backfill.add_argument("--end", required=True, help="last day, YYYY-MM-DD (inclusive)")
-    add_source_options(backfill, default="binance")
+    backfill.add_argument("--no-wait", action="store_true", help="submit and print the backfill id, do not wait")
     backfill.set_defaults(func=cmd_backfill)
 
     test = sub.add_parser("test", help="provision the engines and run the test suite")

@@ -112,6 +112,29 @@ class DagsterService(Service):
             raise StackError(f"dagster: {', '.join(missing)} not set: start postgres first (`btc-pipeline stack up`)")
         return env
 
+    def check_storage(self, env: dict[str, str]) -> None:
+        """Connect to the storage as dagster.yaml will, and say which setting is wrong when that fails."""
+        import psycopg2
+
+        where = f"{env['DAGSTER_POSTGRES_HOST']}:{env.get('DAGSTER_POSTGRES_PORT', '5432')}"
+        try:
+            psycopg2.connect(host=env["DAGSTER_POSTGRES_HOST"], port=int(env.get("DAGSTER_POSTGRES_PORT") or 5432),
+                             user=env.get("DAGSTER_POSTGRES_USER") or "dagster", password=env["DAGSTER_POSTGRES_PASSWORD"],
+                             dbname=env.get("DAGSTER_POSTGRES_DB") or "dagster", connect_timeout=5).close()
+        except ValueError:
+            raise StackError(f"dagster: DAGSTER_POSTGRES_PORT={env.get('DAGSTER_POSTGRES_PORT')!r} is not a port number") from None
+        except psycopg2.OperationalError as error:
+            text = str(error).strip()
+            if "password authentication failed" in text:
+                raise StackError(f"dagster: DAGSTER_POSTGRES_PASSWORD is wrong: PostgreSQL at {where} refused user "
+                                 f"{env.get('DAGSTER_POSTGRES_USER') or 'dagster'!r} ({text.splitlines()[-1]})") from None
+            if "does not exist" in text:
+                raise StackError(f"dagster: DAGSTER_POSTGRES_DB / DAGSTER_POSTGRES_USER: {text.splitlines()[-1]} "
+                                 f"(PostgreSQL at {where})") from None
+            raise StackError(f"dagster: no PostgreSQL answers at DAGSTER_POSTGRES_HOST:DAGSTER_POSTGRES_PORT = {where} "
+                             f"({text.splitlines()[0]}); start it (`btc-pipeline stack up postgres`) or fix the "
+                             "settings") from None
+
     def _tool(self, name: str) -> str:
         beside = Path(sys.executable).parent / name
         return str(beside) if beside.exists() else name
@@ -121,6 +144,7 @@ class DagsterService(Service):
             return
         self.write_instance()
         env = self.environment()
+        self.check_storage(env)  # one clear error naming the setting, not a stack trace in two daemon logs
         workspace = str(REPO_ROOT / "workspace.yaml")
         began = time.monotonic()
         if not self.webserver.is_running():
@@ -163,3 +187,44 @@ class DagsterService(Service):
 
     def env(self) -> dict[str, str]:
         return {"DAGSTER_HOME": str(self.home), "BTC_DAGSTER_URL": self.url}
+
+
+LAUNCH_BACKFILL = """
+mutation($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+    ... on InvalidStepError { invalidStepKey }
+    ... on InvalidOutputError { invalidOutputName }
+    ... on UnauthorizedError { message }
+    ... on PartitionSetNotFoundError { message }
+  }
+}"""
+
+BACKFILL_STATUS = """
+query($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill { id status numPartitions runs { runId status tags { key value } } }
+    ... on PythonError { message }
+  }
+}"""
+
+BACKFILL_DONE = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
+
+
+def launch_backfill(url: str, assets: list[str], partitions: list[str], title: str) -> str:
+    """A Dagster backfill of ``assets`` over ``partitions``, as the UI's "Launch backfill" makes one; its id."""
+    params = {"assetSelection": [{"path": [name]} for name in assets], "partitionNames": partitions, "title": title}
+    result = graphql(url, LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
+    if result["__typename"] != "LaunchBackfillSuccess":
+        raise StackError(f"dagster: the backfill was refused ({result['__typename']}): {result}")
+    return result["backfillId"]
+
+
+def backfill_status(url: str, backfill_id: str) -> dict:
+    result = graphql(url, BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
+    if result["__typename"] != "PartitionBackfill":
+        raise StackError(f"dagster: backfill {backfill_id}: {result}")
+    return result

@@ -145,8 +145,7 @@ class PostgresService(Service):
         # SIGTERM is PostgreSQL's "smart" shutdown (waits for clients); SIGINT is "fast": what a stop wants.
         import signal
 
-        if self.process.signal(signal.SIGKILL if kill else signal.SIGINT):
-            progress(self.name, "stopping")
+        self.process.signal(signal.SIGKILL if kill else signal.SIGINT)
         self.process.stop(timeout=60, kill=kill)
 
     def is_running(self) -> bool:

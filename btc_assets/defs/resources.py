@@ -186,8 +186,22 @@ def build_resources() -> dict[str, Any]:
                                  bucket=env("BTC_INFLUX_BUCKET"), write_token=env("BTC_INFLUX_WRITE_TOKEN"),
                                  read_token=env("BTC_INFLUX_READ_TOKEN"), admin_token=env("BTC_INFLUX_TOKEN")),
         "binance_history": BinanceHistoryResource(base_url=env("BTC_BINANCE_HISTORY_URL")),
+        "market": MarketResource(symbols=env("BTC_SYMBOLS")),
         "stream": StreamResource(),
     }
+
+
+class MarketResource(dg.ConfigurableResource):
+    """The symbols the pipeline handles (``BTC_SYMBOLS``): every asset takes them from here, one place."""
+
+    symbols: str = config.default("BTC_SYMBOLS")
+
+    @property
+    def symbol_list(self) -> list[str]:
+        found = [symbol.strip().upper() for symbol in self.symbols.split(",") if symbol.strip()]
+        if not found:
+            raise dg.Failure(f"BTC_SYMBOLS={self.symbols!r} names no symbol: set it to e.g. BTCUSDT or BTCUSDT,ETHUSDT")
+        return found
 
 
 class BinanceHistoryResource(dg.ConfigurableResource):

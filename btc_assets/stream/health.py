@@ -3,6 +3,11 @@
     lag                    Kafka end offsets - the offsets of the Spark checkpoint's last committed batch
     seconds_since_bar      now - the newest `bars_1m` point in InfluxDB
     seconds_since_health   now - the newest `pipeline_health` point the Spark job wrote (its heartbeat)
+    seconds_since_producer now - the newest `pipeline_health` point of the producer (its heartbeat)
+    newest_trade_age       the producer's own word: seconds since the newest trade it wrote to Kafka
+                           (a silent WebSocket: connected, heartbeating, but no trades)
+
+``problems`` says, per component that needs a restart (``producer``, ``spark-job``), why.
 
 A Spark checkpoint keeps ``offsets/<batch>`` (three lines: ``v1``, batch metadata JSON, then one JSON
 per source: ``{"BTCUSDT-TRADES": {"0": 1234, "1": 1200, "2": 1250}}``) and ``commits/<batch>`` once a
@@ -17,6 +22,8 @@ from dataclasses import asdict, dataclass
 
 from btc_assets.contracts import schema
 
+PRODUCER_COMPONENT = "producer"  # the producer's pipeline_health component tag (btc_assets.stream.producer)
+
 
 @dataclass(frozen=True)
 class StreamHealth:
@@ -26,19 +33,36 @@ class StreamHealth:
     seconds_since_bar: float | None
     seconds_since_health: float | None
     last_bar_time: str | None
+    seconds_since_producer: float | None = None
+    newest_trade_age: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     def problem(self, stall_seconds: float) -> str | None:
-        """Why the stream needs a restart, or None when it is healthy."""
+        """Why the Spark job needs a restart, or None when it is healthy."""
         if self.seconds_since_health is None:
             return "the Spark job has never reported pipeline_health"
         if self.seconds_since_health > stall_seconds:
-            return f"no pipeline_health heartbeat for {self.seconds_since_health:.0f}s (> {stall_seconds:.0f}s)"
+            return f"no Spark job pipeline_health heartbeat for {self.seconds_since_health:.0f}s (> {stall_seconds:.0f}s)"
         if self.lag and (self.seconds_since_bar is None or self.seconds_since_bar > stall_seconds):
             return f"{self.lag} records waiting in Kafka but no new bar for {self.seconds_since_bar}s"
         return None
+
+    def producer_problem(self, stall_seconds: float) -> str | None:
+        """Why the producer needs a restart (dead, or its WebSocket silent), or None when it is healthy."""
+        if self.seconds_since_producer is None:
+            return "the producer has never reported pipeline_health"
+        if self.seconds_since_producer > stall_seconds:
+            return f"no producer heartbeat for {self.seconds_since_producer:.0f}s (> {stall_seconds:.0f}s)"
+        if self.newest_trade_age is not None and self.newest_trade_age > stall_seconds:
+            return f"the WebSocket is silent: the newest trade is {self.newest_trade_age:.0f}s old (> {stall_seconds:.0f}s)"
+        return None
+
+    def problems(self, stall_seconds: float) -> dict[str, str]:
+        """component -> why it needs a restart, for every component that does."""
+        found = {"producer": self.producer_problem(stall_seconds), "spark-job": self.problem(stall_seconds)}
+        return {component: reason for component, reason in found.items() if reason}
 
 
 def checkpoint_offsets(fs, checkpoint: str) -> dict[str, dict[int, int]] | None:
@@ -57,13 +81,28 @@ def checkpoint_offsets(fs, checkpoint: str) -> dict[str, dict[int, int]] | None:
     return merged
 
 
-def newest_time(influx, measurement: str, lookback: str = "-30d") -> float | None:
-    """Epoch seconds of the newest point of a measurement (any tag), or None if there is none."""
+def newest_time(influx, measurement: str, lookback: str = "-30d", component: str | None = None) -> float | None:
+    """Epoch seconds of the newest point of a measurement, or None if there is none.
+
+    ``component``: only ``pipeline_health`` points whose component tag starts with it (``spark`` for the
+    Spark job's two queries, ``producer``)."""
+    where = f' and strings.hasPrefix(v: r.{schema.COMPONENT_TAG}, prefix: "{component}")' if component else ""
     rows = influx.query(
-        f'from(bucket: "{influx.bucket}") |> range(start: {lookback})\n'
-        f'  |> filter(fn: (r) => r._measurement == "{measurement}")\n'
+        ('import "strings"\n' if component else "")
+        + f'from(bucket: "{influx.bucket}") |> range(start: {lookback})\n'
+        f'  |> filter(fn: (r) => r._measurement == "{measurement}"{where})\n'
         f'  |> keep(columns: ["_time"]) |> group() |> max(column: "_time")')
     return rows[0]["_time"].timestamp() if rows else None
+
+
+def newest_field(influx, component: str, field: str, lookback: str = "-1h") -> float | None:
+    """The newest value of a ``pipeline_health`` field of one component, or None."""
+    rows = influx.query(
+        f'from(bucket: "{influx.bucket}") |> range(start: {lookback})\n'
+        f'  |> filter(fn: (r) => r._measurement == "{schema.HEALTH_MEASUREMENT}" and '
+        f'r.{schema.COMPONENT_TAG} == "{component}" and r._field == "{field}")\n'
+        f'  |> group() |> last()')
+    return float(rows[0]["_value"]) if rows else None
 
 
 def measure(*, end_offsets: dict[str, dict[int, int]], fs, checkpoint: str, influx) -> StreamHealth:
@@ -74,10 +113,15 @@ def measure(*, end_offsets: dict[str, dict[int, int]], fs, checkpoint: str, infl
         for topic, partitions in end_offsets.items() for partition in partitions)
     now = time.time()
     last_bar = newest_time(influx, schema.BARS_MEASUREMENT)
-    last_health = newest_time(influx, schema.HEALTH_MEASUREMENT)
+    last_health = newest_time(influx, schema.HEALTH_MEASUREMENT, component="spark")
+    last_producer = newest_time(influx, schema.HEALTH_MEASUREMENT, "-1h", component=PRODUCER_COMPONENT)
+    trade_age = newest_field(influx, PRODUCER_COMPONENT, "newest_trade_age_s") if last_producer else None
     return StreamHealth(
         end_offsets=end_total, processed_offsets=processed_total,
         lag=None if processed_total is None else max(0, end_total - processed_total),
         seconds_since_bar=None if last_bar is None else round(now - last_bar, 1),
         seconds_since_health=None if last_health is None else round(now - last_health, 1),
-        last_bar_time=None if last_bar is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last_bar)))
+        last_bar_time=None if last_bar is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last_bar)),
+        seconds_since_producer=None if last_producer is None else round(now - last_producer, 1),
+        # The heartbeat's age of the newest trade, grown by the heartbeat's own age; -1: no trade yet.
+        newest_trade_age=None if trade_age is None or trade_age < 0 else round(trade_age + (now - last_producer), 1))

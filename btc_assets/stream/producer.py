@@ -76,9 +76,11 @@ from btc_assets import config
 
 from btc_assets.clients import kafka as kafka_io
 from btc_assets.clients.http import retrying_session
+from btc_assets.contracts import points
 
 from btc_assets.contracts import schema
 from btc_assets.contracts.schema import MalformedTrade
+from btc_assets.stream.health import PRODUCER_COMPONENT
 
 log = logging.getLogger("btc_assets.stream.producer")  # not __name__: that is "__main__" under `python -m`
 
@@ -112,6 +114,12 @@ class ProducerSettings:
     rest_timeout_s: float = 10.0
     max_backfill: int = 100_000  # larger gaps are left to the daily history files
     resume: bool = True  # start from the last trade id already in Kafka
+    # The heartbeat in InfluxDB (pipeline_health, component=producer) the health sensor judges; off without a URL.
+    influx_url: str = ""
+    influx_org: str = ""
+    influx_bucket: str = ""
+    influx_token: str = ""
+    health_interval_s: float = 5.0
 
     @classmethod
     def from_config(cls, **overrides: Any) -> "ProducerSettings":
@@ -120,6 +128,10 @@ class ProducerSettings:
             ws_url=config.get("BTC_BINANCE_WS_URL"),
             rest_url=config.get("BTC_BINANCE_REST_URL"),
             **config.kafka_settings(),
+            influx_url=config.get_optional("BTC_INFLUX_URL"), influx_org=config.get_optional("BTC_INFLUX_ORG"),
+            influx_bucket=config.get_optional("BTC_INFLUX_BUCKET"),
+            influx_token=config.get_optional("BTC_INFLUX_WRITE_TOKEN"),
+            health_interval_s=float(config.get("BTC_STREAM_HEALTH_SECONDS")),
         )
         settings.update({name: value for name, value in overrides.items() if value is not None})
         return cls(**settings)
@@ -140,6 +152,8 @@ class ProducerStats:
     send_errors: int = 0  # records Kafka finally refused (after the producer's own retries), each logged
     kafka_waits: int = 0  # times the Kafka producer's buffer stayed full (Kafka away) and a send was retried
     pings: int = 0  # server pings answered
+    received: int = 0  # WebSocket messages read (the feed thread)
+    newest_trade_ms: int = 0  # trade time of the newest trade written to Kafka
     last_trade_id: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -389,11 +403,12 @@ class KafkaTradeSink:
             return
         if last is not None and trade.trade_id > last + 1:
             self._fill_gap(trade.symbol, last + 1, trade.trade_id - 1)
-        self._produce(trade.symbol, trade.trade_id, value)
+        self._produce(trade.symbol, trade.trade_id, value, trade.trade_time_ms)
 
-    def _produce(self, symbol: str, trade_id: int, value: bytes) -> None:
+    def _produce(self, symbol: str, trade_id: int, value: bytes, trade_time_ms: int = 0) -> None:
         if self._send(self.topics[symbol], self.keys[symbol], value, None, f"trade {symbol} {trade_id}"):
             self.stats.produced += 1
+            self.stats.newest_trade_ms = max(self.stats.newest_trade_ms, trade_time_ms)
         self.stats.last_trade_id[symbol] = trade_id
 
     def _send(self, topic: str, key: bytes, value: bytes, headers: list | None, what: str) -> bool:
@@ -582,6 +597,7 @@ class TradeFeed:
 
     def _on_message(self, app, message: bytes) -> None:
         self._last_frame = time.monotonic()
+        self.stats.received += 1
         if is_server_shutdown(message):
             log.warning("Binance announced a server shutdown: moving to a new connection")
             self._close(SERVER_SHUTDOWN_EVENT)
@@ -729,17 +745,51 @@ class TradeProducerService:
         ids = _ids_text(values.pop("last_trade_id"))
         return " ".join(f"{name}={value}" for name, value in values.items()) + f" last_trade_id={ids}"
 
-    def run(self, stop: threading.Event) -> None:
-        """Start, log the stats every ``stats_interval_s`` until ``stop`` is set, then stop cleanly."""
-        self.start()
-        produced, since = 0, time.monotonic()
+    def health_fields(self, previous: dict[str, Any], seconds: float) -> dict[str, Any]:
+        """The heartbeat's fields: rates since ``previous`` (a ``stats()`` of ``seconds`` ago) and the counters."""
+        now = self.stats()
+        newest = now["newest_trade_ms"]
+        return {
+            "messages_received_per_s": (now["received"] - previous.get("received", 0)) / max(seconds, 1e-9),
+            "messages_sent_per_s": (now["produced"] - previous.get("produced", 0)) / max(seconds, 1e-9),
+            "reconnects": now["reconnects"], "gaps_filled": now["backfilled"], "gaps_unfillable": now["gaps_unfilled"],
+            "trades_unfillable": now["trades_unfilled"], "dead_letters": now["malformed"], "queued": now["queued"],
+            "newest_trade_age_s": round(time.time() - newest / 1000, 3) if newest else -1.0,
+        }
+
+    def _write_health(self, writer, previous: dict[str, Any], seconds: float) -> None:
         try:
-            while not stop.wait(self.settings.stats_interval_s):
-                now, total = time.monotonic(), self.stats_counters.produced
-                log.info("stats: %s rate=%.0f/s", self.stats_line(), (total - produced) / max(now - since, 1e-9))
-                produced, since = total, now
+            writer.write_lines([points.health_line(PRODUCER_COMPONENT, self.health_fields(previous, seconds),
+                                                   time.time_ns())])
+        except Exception as error:  # noqa: BLE001 - a heartbeat InfluxDB cannot take now is skipped, never fatal
+            log.warning("could not write the pipeline_health heartbeat: %s", error)
+
+    def run(self, stop: threading.Event) -> None:
+        """Start; log the stats every ``stats_interval_s`` and write the heartbeat every ``health_interval_s``
+        (when InfluxDB is configured) until ``stop`` is set, then stop cleanly."""
+        from btc_assets.clients.influx import Influx
+
+        settings = self.settings
+        writer = (Influx(settings.influx_url, settings.influx_org, settings.influx_bucket, settings.influx_token)
+                  if settings.influx_url and settings.influx_token else None)
+        self.start()
+        tick = min(settings.stats_interval_s, settings.health_interval_s) if writer else settings.stats_interval_s
+        logged = beat = self.stats()
+        logged_at = beat_at = time.monotonic()
+        try:
+            while not stop.wait(tick):
+                now = time.monotonic()
+                if writer is not None and now - beat_at >= settings.health_interval_s:
+                    self._write_health(writer, beat, now - beat_at)
+                    beat, beat_at = self.stats(), now
+                if now - logged_at >= settings.stats_interval_s:
+                    rate = (self.stats_counters.produced - logged["produced"]) / max(now - logged_at, 1e-9)
+                    log.info("stats: %s rate=%.0f/s", self.stats_line(), rate)
+                    logged, logged_at = self.stats(), now
         finally:
             self.stop()
+            if writer is not None:
+                writer.close()
 
 
 def _ids_text(ids: dict[str, int]) -> str:

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from btc_assets.defs.ml.predictions import price_predictions
-from btc_assets.defs.resources import InfluxResource, StorageResource
+from btc_assets.defs.resources import MarketResource, InfluxResource, StorageResource
 from btc_assets import dashboards
 from btc_assets.ml import features, models, predictions
 from btc_assets.contracts import points, schema
@@ -67,7 +67,7 @@ def write_bars(influx: InfluxResource, bars: pd.DataFrame) -> None:
 
 def run(storage, influx, resources, **config):
     return dg.materialize([price_predictions], resources={"spark": resources["spark"], "storage": storage,
-                                                          "influx": influx},
+                                                          "influx": influx, "market": MarketResource(symbols=SYMBOL)},
                           run_config={"ops": {"price_predictions": {"config": {"settle_seconds": SETTLE, **config}}}},
                           raise_on_error=False)
 

@@ -8,7 +8,9 @@ import uuid
 
 import dagster as dg
 
-from btc_assets.defs.resources import InfluxResource, KafkaResource, StorageResource, StreamResource
+from btc_assets.contracts import points
+from btc_assets.stream.health import PRODUCER_COMPONENT
+from btc_assets.defs.resources import InfluxResource, KafkaResource, MarketResource, StorageResource, StreamResource
 from btc_assets.defs.stream.sensors import stream_health_sensor
 from btc_assets.stream import spark_job
 from btc_assets_tests.stream.spark_fixtures import (TradeFeed, market_slice, new_case, trade_count, trade_messages,
@@ -24,6 +26,7 @@ def sensor_resources(case, stall_seconds: float) -> dict:
         "influx": InfluxResource(url=env["BTC_INFLUX_URL"], org=env["BTC_INFLUX_ORG"], bucket=case.settings.influx_bucket,
                                  read_token=env["BTC_INFLUX_READ_TOKEN"]),
         "stream": StreamResource(stall_seconds=stall_seconds, cooldown_seconds=600),
+        "market": MarketResource(symbols=",".join(case.settings.symbols)),
     }
 
 
@@ -37,6 +40,23 @@ def observation(result, key: str) -> dict:
     return {name: value.value for name, value in event.metadata.items()}
 
 
+def producer_heartbeat(case, newest_trade_age_s: float = 1.0) -> None:
+    """A pipeline_health point as the producer writes one, now (a producer this test plays)."""
+    fields = {"messages_received_per_s": 300.0, "messages_sent_per_s": 300.0, "reconnects": 0, "gaps_filled": 0,
+              "gaps_unfillable": 0, "newest_trade_age_s": newest_trade_age_s}
+    case.admin.write_lines([points.health_line(PRODUCER_COMPONENT, fields, time.time_ns())])
+
+
+def requested(result) -> dict[str, str]:
+    return {request.tags["component"]: request.tags["reason"] for request in result.run_requests}
+
+
+def check(result, name: str):
+    (evaluation,) = [event for event in result.asset_events
+                     if isinstance(event, dg.AssetCheckEvaluation) and event.check_name == name]
+    return evaluation
+
+
 def test_healthy_stream_is_observed_and_a_stopped_one_restarted(stack, spark, monkeypatch):
     monkeypatch.setenv("BTC_SYMBOLS", "BTCUSDT")
     case = new_case(uuid.uuid4().hex[:10], ("BTCUSDT",))
@@ -48,21 +68,35 @@ def test_healthy_stream_is_observed_and_a_stopped_one_restarted(stack, spark, mo
         wait_for(lambda: trade_count(case.admin) >= market.count, 180, "trades in InfluxDB")
         time.sleep(3 * case.settings.health_seconds)  # a heartbeat after the last batch
 
+        producer_heartbeat(case)
         healthy = evaluate(sensor_resources(case, stall_seconds=60), instance)
         assert not healthy.run_requests
+        assert check(healthy, "stream_healthy").passed and check(healthy, "bars_fresh").passed
         trades = observation(healthy, "live_trades")
         assert trades["end_offsets"] == market.count
         assert trades["lag"] == 0
-        assert trades["seconds_since_health"] < 60
+        assert trades["seconds_since_health"] < 60 and trades["seconds_since_producer"] < 60
         assert observation(healthy, "trade_topics")["records"] == market.count
     finally:
         job.stop()
 
-    time.sleep(4)  # no heartbeat any more: past a 3-second stall threshold
+    time.sleep(4)  # no Spark heartbeat any more: past a 3-second stall threshold; the producer still beats
+    producer_heartbeat(case)
     stopped = evaluate(sensor_resources(case, stall_seconds=3), instance)
-    assert len(stopped.run_requests) == 1
-    assert "heartbeat" in stopped.run_requests[0].tags["reason"]
+    assert list(requested(stopped)) == ["spark-job"]
+    assert "heartbeat" in requested(stopped)["spark-job"]
+    assert stopped.run_requests[0].run_config == {"ops": {"restart_stream": {"config": {"component": "spark-job"}}}}
+    assert not check(stopped, "stream_healthy").passed and "spark-job" in check(stopped, "stream_healthy").description
+    producer_heartbeat(case)
     again = evaluate(sensor_resources(case, stall_seconds=3), instance, cursor=stopped.cursor)
     assert not again.run_requests  # one request per cooldown, not one a minute
+
+    # The producer: its heartbeat stops (a dead process), or it beats but no trade comes (a silent WebSocket).
+    time.sleep(11)  # no producer heartbeat since the last one: past a 10-second stall threshold
+    dead = evaluate(sensor_resources(case, stall_seconds=10), instance, cursor=stopped.cursor)
+    assert "no producer heartbeat" in requested(dead)["producer"]
+    producer_heartbeat(case, newest_trade_age_s=120)
+    silent = evaluate(sensor_resources(case, stall_seconds=10), instance)
+    assert "WebSocket is silent" in requested(silent)["producer"]
     for step in case.cleanup:
         step()

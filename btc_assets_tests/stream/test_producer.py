@@ -85,7 +85,9 @@ def test_a_restarted_producer_resumes_after_the_last_trade_in_kafka(kafka_bootst
             wait_for(lambda: second.stats()["last_trade_id"].get("BTCUSDT") == last_id)
     records = read_topic(kafka_bootstrap, schema.trade_topic("BTCUSDT", topic_template))
     assert trade_ids(records) == binance.generated_ids("BTCUSDT")
-    assert second.stats()["backfilled"] == 30 and second.stats()["duplicates_dropped"] == 0
+    # The 30 skipped ids come only from REST; so do trades in flight when the first producer closed its socket
+    # (on a loaded machine a few were sent but never read): all of them once, none twice.
+    assert second.stats()["backfilled"] >= 30 and second.stats()["duplicates_dropped"] == 0
     assert first.stats()["produced"] + second.stats()["produced"] == 6_000
 
 

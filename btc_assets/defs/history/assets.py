@@ -4,7 +4,7 @@ import time
 
 import dagster as dg
 
-from btc_assets.defs.resources import BinanceHistoryResource, MapReduceResource, StorageResource
+from btc_assets.defs.resources import BinanceHistoryResource, MapReduceResource, MarketResource, StorageResource
 from btc_assets.contracts import bars, schema
 from btc_assets import config
 from btc_assets.history.bar_files import missing_minutes, read_bars
@@ -23,9 +23,11 @@ def day_path(storage, kind: str, symbol: str, day: str) -> str:
     return storage.path(relative.lstrip("/"))
 
 
-@dg.asset(partitions_def=daily_partitions, group_name="history", kinds={"hdfs"})
+@dg.asset(partitions_def=daily_partitions, group_name="history", kinds={"hdfs"},
+          # A download that still fails after the client's own retries is tried again later, from scratch.
+          retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS))
 def raw_trades(context: dg.AssetExecutionContext, storage: StorageResource,
-               binance_history: BinanceHistoryResource) -> dg.MaterializeResult:
+               binance_history: BinanceHistoryResource, market: MarketResource) -> dg.MaterializeResult:
     """The day's Binance spot trades CSV in HDFS, per symbol, exactly as data.binance.vision publishes it.
 
     Downloaded with retries, verified against its SHA-256 `.CHECKSUM`, unzipped and streamed to
@@ -35,7 +37,7 @@ def raw_trades(context: dg.AssetExecutionContext, storage: StorageResource,
     day = context.partition_key
     client = binance_history.client(log=context.log.warning)
     facts = []
-    for symbol in config.symbols():
+    for symbol in market.symbol_list:
         started = time.monotonic()
         raw = ingest_day(client, storage.storage, symbol, day)
         context.log.info(f"{symbol} {day}: {raw.rows:,} rows, {raw.bytes / 1e6:.1f} MB in "
@@ -51,6 +53,7 @@ def raw_trades(context: dg.AssetExecutionContext, storage: StorageResource,
         "sha256": first.sha256,
         "path": dg.MetadataValue.path(first.path),
         "symbols": dg.MetadataValue.json([raw.as_dict() for raw in facts]),
+        **per_symbol_metadata({raw.symbol: {"rows": raw.rows, "bytes": raw.bytes} for raw in facts}),
     })
 
 
@@ -58,7 +61,7 @@ def raw_trades(context: dg.AssetExecutionContext, storage: StorageResource,
           # At most BTC_MAPREDUCE_CONCURRENCY jobs at once (the instance's pool limit), however many runs a backfill queues.
           pool=MAPREDUCE_POOL)
 def minute_bars(context: dg.AssetExecutionContext, storage: StorageResource,
-                mapreduce: MapReduceResource) -> dg.MaterializeResult:
+                mapreduce: MapReduceResource, market: MarketResource) -> dg.MaterializeResult:
     """One-minute bars of the day (CONTRACTS.md section 4) from a Hadoop Streaming job.
 
     `mapreduce/mapper.py` combines in the mapper (one partial per minute, not one record per
@@ -72,7 +75,7 @@ def minute_bars(context: dg.AssetExecutionContext, storage: StorageResource,
     totals = {"bars": 0, "trades": 0, "malformed_lines": 0}
     per_symbol = {}
     duration = 0.0
-    for symbol in config.symbols():
+    for symbol in market.symbol_list:
         counters, elapsed, target = compute_minute_bars(mapreduce, storage.storage, symbol, day, context=context)
         duration += elapsed
         frame = read_bars(fs, target)
@@ -89,7 +92,7 @@ def minute_bars(context: dg.AssetExecutionContext, storage: StorageResource,
             totals[key] += per_symbol[symbol][key]
         context.log.info(f"{symbol} {day}: {len(frame)} bars from {per_symbol[symbol]['trades']:,} trades "
                          f"in {elapsed:.1f}s ({per_symbol[symbol]['trades'] / elapsed:,.0f} trades/s)")
-    first = per_symbol[config.symbols()[0]]
+    first = per_symbol[market.symbol_list[0]]
     return dg.MaterializeResult(metadata={
         "bars": dg.MetadataValue.int(totals["bars"]),
         "trades": dg.MetadataValue.int(totals["trades"]),
@@ -100,6 +103,12 @@ def minute_bars(context: dg.AssetExecutionContext, storage: StorageResource,
         "longest_missing_run": dg.MetadataValue.int(first["longest_missing_run"]),
         "path": dg.MetadataValue.path(first["path"]),
         "symbols": dg.MetadataValue.json(per_symbol),
+        **per_symbol_metadata({symbol: {"bars": facts["bars"], "trades": facts["trades"],
+                                        "malformed_lines": facts["malformed_lines"],
+                                        "missing_minutes": facts["missing_minutes"],
+                                        "trades_per_second": round(facts["trades"] / facts["seconds"], 1)
+                                        if facts["seconds"] else 0.0}
+                               for symbol, facts in per_symbol.items()}),
     })
 
 
@@ -144,6 +153,21 @@ def compute_minute_bars(mapreduce: MapReduceResource, storage, symbol: str, day:
     fs.mkdirs(target.rsplit("/", 1)[0])
     fs.rename(staging, target)
     return counters, time.monotonic() - started, target
+
+
+def per_symbol_metadata(figures: dict[str, dict[str, float | int]]) -> dict[str, dg.MetadataValue]:
+    """Each symbol's figures as their own numbers (``<SYMBOL>_<figure>``, which the UI plots across partitions)
+    and one table of them all, so a second symbol is as visible as the first."""
+    metadata: dict[str, dg.MetadataValue] = {}
+    names = list(next(iter(figures.values()), {}))
+    rows = ["| symbol | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for symbol, values in figures.items():
+        for name, value in values.items():
+            metadata[f"{symbol}_{name}"] = (dg.MetadataValue.int(value) if isinstance(value, int)
+                                            else dg.MetadataValue.float(float(value)))
+        rows.append(f"| {symbol} | " + " | ".join(f"{values[name]:,}" for name in names) + " |")
+    metadata["per_symbol"] = dg.MetadataValue.md("\n".join(rows))
+    return metadata
 
 
 def _iso(ms: int | None) -> str:

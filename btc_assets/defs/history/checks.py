@@ -5,8 +5,7 @@ import math
 import dagster as dg
 
 from btc_assets.defs.history.assets import day_path, minute_bars
-from btc_assets.defs.resources import StorageResource
-from btc_assets import config
+from btc_assets.defs.resources import MarketResource, StorageResource
 from btc_assets.contracts import schema
 from btc_assets.history.bar_files import id_gaps, missing_minutes, raw_totals, read_bars
 
@@ -24,13 +23,13 @@ CHECKS = {
            for name, text in CHECKS.items()],
     can_subset=False,
 )
-def minute_bar_checks(context: dg.AssetCheckExecutionContext, storage: StorageResource):
+def minute_bar_checks(context: dg.AssetCheckExecutionContext, storage: StorageResource, market: MarketResource):
     """The day's bars against its raw trades; missing minutes are reported, never a failure."""
     day = context.partition_key
     fs = storage.storage.fs
     outcomes = {name: [] for name in CHECKS}
     metadata = {name: {} for name in CHECKS}
-    for symbol in config.symbols():
+    for symbol in market.symbol_list:
         bars = read_bars(fs, day_path(storage.storage, "bars", symbol, day))
         with fs.open(day_path(storage.storage, "raw", symbol, day)) as stream:
             raw = raw_totals(stream)

@@ -6,9 +6,8 @@ import dagster as dg
 from pydantic import Field
 
 from btc_assets.defs.ml.assets import MODEL_ASSETS
-from btc_assets.defs.resources import InfluxResource, SparkResource, StorageResource
+from btc_assets.defs.resources import InfluxResource, MarketResource, SparkResource, StorageResource
 from btc_assets.defs.stream.assets import live_bars
-from btc_assets import config as settings
 from btc_assets.ml import features, models, predictions
 from btc_assets.contracts import schema
 
@@ -25,7 +24,8 @@ class PricePredictionsConfig(dg.Config):
 
 @dg.asset(deps=[live_bars, *MODEL_ASSETS.values()], group_name="ml", kinds={"spark", "influxdb"})
 def price_predictions(context: dg.AssetExecutionContext, config: PricePredictionsConfig, spark: SparkResource,
-                      storage: StorageResource, influx: InfluxResource) -> dg.MaterializeResult:
+                      storage: StorageResource, influx: InfluxResource,
+                      market: MarketResource) -> dg.MaterializeResult:
     """Each saved model's price for the next minute, from the newest live bars, written to InfluxDB with its error.
 
     Reads the last minutes of `bars_1m` from InfluxDB (Flux), leaves out the minute still trading,
@@ -55,7 +55,7 @@ def price_predictions(context: dg.AssetExecutionContext, config: PricePrediction
         raise dg.Failure(f"no saved model under {store.url(store.path('models'))} for {names}: "
                          "materialize price_models first")
 
-    symbols = settings.symbols()
+    symbols = market.symbol_list
     reader = influx.reader()
     try:
         bars = predictions.read_live_bars(reader, symbols, predictions.history_minutes(config.minutes))

@@ -2,13 +2,12 @@
 
 import dagster as dg
 
-from btc_assets.defs.resources import InfluxResource, KafkaResource
-from btc_assets import config
+from btc_assets.defs.resources import InfluxResource, KafkaResource, MarketResource
 from btc_assets.contracts.schema import dlq_topic
 
 
 @dg.asset(group_name="platform", kinds={"kafka"})
-def trade_topics(context: dg.AssetExecutionContext, kafka: KafkaResource) -> dg.MaterializeResult:
+def trade_topics(context: dg.AssetExecutionContext, kafka: KafkaResource, market: MarketResource) -> dg.MaterializeResult:
     """The Kafka trade topic of every configured symbol and its dead-letter topic.
 
     Created with the configured partitions if missing (the broker's auto-creation is off, so a typo
@@ -16,7 +15,7 @@ def trade_topics(context: dg.AssetExecutionContext, kafka: KafkaResource) -> dg.
     number of records each topic holds.
     """
     described = {}
-    topics = [kafka.topic(symbol) for symbol in config.symbols()]
+    topics = [kafka.topic(symbol) for symbol in market.symbol_list]
     created = kafka.ensure_trade_topics(topics)
     for topic in [name for topic in topics for name in (topic, dlq_topic(topic))]:
         offsets = kafka.end_offsets(topic)

@@ -1,61 +1,134 @@
-"""Stream health: a sensor that measures the live path and requests a restart when it is down or stalled."""
+"""Stream health: every component of the live path judged from the outside, reported as checks, restarted when down.
+
+The producer, the WebSocket behind it, Kafka and the Spark job are each judged by ``btc_assets.stream.health``:
+
+| component | healthy when | when not |
+|---|---|---|
+| producer | its pipeline_health heartbeat is younger than `stall_seconds` | restart the producer |
+| WebSocket | the producer's newest trade is younger than `stall_seconds` | restart the producer (a new connection) |
+| Kafka | its end offsets can be read | red checks, no restart (not a process this project runs in production) |
+| Spark job | its heartbeat is fresh, and records waiting in Kafka mean new bars | restart the Spark job |
+
+The verdicts land as asset check results on `live_trades` (`stream_healthy`) and `live_bars` (`bars_fresh`):
+green, or red with the reason, in the UI. A restart is requested at most once per `cooldown_seconds` per component.
+"""
 
 import json
 import time
 
 import dagster as dg
 
-from btc_assets.defs.resources import InfluxResource, KafkaResource, StorageResource, StreamResource
+from btc_assets.defs.resources import InfluxResource, KafkaResource, MarketResource, StorageResource, StreamResource
 from btc_assets.defs.stream.assets import live_bars, live_trades
-from btc_assets import config
 from btc_assets.contracts import schema
-from btc_assets.stream.health import measure
+from btc_assets.stream.health import StreamHealth, measure
+
+COMPONENTS = ("producer", "spark-job")
+STREAM_CHECK = "stream_healthy"  # on live_trades
+BARS_CHECK = "bars_fresh"  # on live_bars
+
+
+class RestartConfig(dg.Config):
+    component: str = "spark-job"  # "producer" or "spark-job"
 
 
 @dg.op
-def restart_stream(context: dg.OpExecutionContext, stream: StreamResource) -> None:
-    """Stop the Spark streaming job and start it again from its checkpoint (nothing is lost: replays
-    of the last batch land on the same InfluxDB points)."""
-    pid = stream.services().restart("spark-job")
-    context.log.info(f"spark-job restarted, pid {pid}")
+def restart_stream(context: dg.OpExecutionContext, config: RestartConfig, stream: StreamResource) -> None:
+    """Stop one stream service and start it again: the Spark job resumes from its checkpoint (a replayed batch
+    lands on the same InfluxDB points), the producer from the last trade id in Kafka (gaps come from REST)."""
+    if config.component not in COMPONENTS:
+        raise dg.Failure(f"unknown stream component {config.component!r}: choose from {list(COMPONENTS)}")
+    pid = stream.services().restart(config.component)
+    context.log.info(f"{config.component} restarted, pid {pid}")
 
 
-@dg.job(description="Restart the Spark Structured Streaming job (requested by stream_health_sensor).")
+@dg.job(description="Restart a stream service, the producer or the Spark job (requested by stream_health_sensor).")
 def restart_stream_job():
     restart_stream()
 
 
-@dg.sensor(job=restart_stream_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED)
-def stream_health_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource, storage: StorageResource,
-                         influx: InfluxResource, stream: StreamResource):
-    """Every minute: Kafka lag behind the Spark checkpoint and freshness of the Influx series, recorded as
-    observations of `trade_topics`, `live_trades` and `live_bars`; a restart run when the job's heartbeat
-    or its bars stall for longer than `stall_seconds` (at most one request per `cooldown_seconds`)."""
-    topics = [kafka.topic(symbol) for symbol in config.symbols()]
-    end_offsets = {topic: kafka.end_offsets(topic) for topic in topics}
+def judge(kafka: KafkaResource, storage: StorageResource, influx: InfluxResource, stream: StreamResource,
+          market: MarketResource) -> tuple[StreamHealth | None, dict[str, dict[int, int]], dict[str, str]]:
+    """(the measurements, Kafka's end offsets per topic, component -> why it is down); Kafka down is ``kafka``."""
+    topics = [kafka.topic(symbol) for symbol in market.symbol_list]
+    try:
+        end_offsets = {topic: kafka.end_offsets(topic) for topic in topics}
+    except Exception as error:  # noqa: BLE001 - an unreachable broker is a verdict, not a sensor crash
+        return None, {}, {"kafka": f"Kafka at {kafka.bootstrap_servers} is unreachable: {error}"}
     checkpoint = storage.storage.path(schema.checkpoint_dir("", stream.checkpoint_name).lstrip("/"))
     reader = influx.reader()
     try:
         health = measure(end_offsets=end_offsets, fs=storage.storage.fs, checkpoint=checkpoint, influx=reader)
     finally:
         reader.close()
-    facts = {key: value for key, value in health.as_dict().items() if value is not None}
-    events = [
-        dg.AssetObservation(asset_key="trade_topics", metadata={
-            "records": health.end_offsets,
-            "by_topic": dg.MetadataValue.json({t: sum(p.values()) for t, p in end_offsets.items()})}),
-        dg.AssetObservation(asset_key=live_trades.key, metadata=facts),
-        dg.AssetObservation(asset_key=live_bars.key, metadata={
-            key: facts[key] for key in ("last_bar_time", "seconds_since_bar") if key in facts}),
+    return health, end_offsets, health.problems(stream.stall_seconds)
+
+
+def check_results(health: StreamHealth | None, problems: dict[str, str]) -> list[dg.AssetCheckEvaluation]:
+    facts = {key: value for key, value in (health.as_dict() if health else {}).items() if value is not None}
+    stream_reasons = [f"{component}: {reason}" for component, reason in problems.items()]
+    bar_reasons = [reason for component, reason in problems.items() if component in ("spark-job", "kafka")]
+    return [
+        dg.AssetCheckEvaluation(asset_key=live_trades.key, check_name=STREAM_CHECK, passed=not stream_reasons,
+                                metadata={**facts, "problems": dg.MetadataValue.json(stream_reasons)},
+                                description="; ".join(stream_reasons) or "producer, WebSocket, Kafka and Spark job healthy"),
+        dg.AssetCheckEvaluation(asset_key=live_bars.key, check_name=BARS_CHECK, passed=not bar_reasons,
+                                metadata={key: facts[key] for key in ("last_bar_time", "seconds_since_bar") if key in facts},
+                                description="; ".join(bar_reasons) or "new bars keep coming"),
     ]
-    problem = health.problem(stream.stall_seconds)
+
+
+@dg.asset_check(asset=live_trades.key, name=STREAM_CHECK, blocking=False,
+                description="Producer heartbeat, WebSocket freshness, Kafka and the Spark job's heartbeat and lag.")
+def stream_healthy(kafka: KafkaResource, storage: StorageResource, influx: InfluxResource, stream: StreamResource,
+                   market: MarketResource) -> dg.AssetCheckResult:
+    health, _, problems = judge(kafka, storage, influx, stream, market)
+    (result, _) = check_results(health, problems)
+    return dg.AssetCheckResult(passed=result.passed, metadata=result.metadata, description=result.description)
+
+
+@dg.asset_check(asset=live_bars.key, name=BARS_CHECK, blocking=False,
+                description="New one-minute bars keep arriving while Kafka holds trades the Spark job has not read.")
+def bars_fresh(kafka: KafkaResource, storage: StorageResource, influx: InfluxResource, stream: StreamResource,
+               market: MarketResource) -> dg.AssetCheckResult:
+    health, _, problems = judge(kafka, storage, influx, stream, market)
+    (_, result) = check_results(health, problems)
+    return dg.AssetCheckResult(passed=result.passed, metadata=result.metadata, description=result.description)
+
+
+@dg.sensor(job=restart_stream_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED)
+def stream_health_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource, storage: StorageResource,
+                         influx: InfluxResource, stream: StreamResource, market: MarketResource):
+    """Every minute: the producer, the WebSocket, Kafka and the Spark job judged (checks on `live_trades` and
+    `live_bars`, observations of Kafka lag and freshness); a restart run for each component that is down or
+    stalled for longer than `stall_seconds`, at most one per component per `cooldown_seconds`."""
+    health, end_offsets, problems = judge(kafka, storage, influx, stream, market)
+    events: list = check_results(health, problems)
+    if health is not None:
+        facts = {key: value for key, value in health.as_dict().items() if value is not None}
+        events += [
+            dg.AssetObservation(asset_key="trade_topics", metadata={
+                "records": health.end_offsets,
+                "by_topic": dg.MetadataValue.json({t: sum(p.values()) for t, p in end_offsets.items()})}),
+            dg.AssetObservation(asset_key=live_trades.key, metadata=facts),
+            dg.AssetObservation(asset_key=live_bars.key, metadata={
+                key: facts[key] for key in ("last_bar_time", "seconds_since_bar") if key in facts}),
+        ]
     cursor = json.loads(context.cursor) if context.cursor else {}
     now = time.time()
-    if problem is None:
-        return dg.SensorResult(asset_events=events, cursor=json.dumps(cursor))
-    if now - cursor.get("last_restart_request", 0) < stream.cooldown_seconds:
-        return dg.SensorResult(asset_events=events, skip_reason=f"{problem}; restart already requested recently")
-    context.log.warning(f"stream unhealthy: {problem}; requesting a restart")
-    cursor["last_restart_request"] = now
-    return dg.SensorResult(asset_events=events, cursor=json.dumps(cursor),
-                           run_requests=[dg.RunRequest(run_key=f"restart-{int(now)}", tags={"reason": problem[:200]})])
+    requests, waiting = [], []
+    for component in COMPONENTS:
+        if component not in problems:
+            continue
+        if now - cursor.get(f"last_restart_{component}", 0) < stream.cooldown_seconds:
+            waiting.append(f"{component}: {problems[component]}; restart already requested recently")
+            continue
+        context.log.warning(f"{component} unhealthy: {problems[component]}; requesting a restart")
+        cursor[f"last_restart_{component}"] = now
+        requests.append(dg.RunRequest(
+            run_key=f"restart-{component}-{int(now)}", tags={"reason": problems[component][:200], "component": component},
+            run_config={"ops": {"restart_stream": {"config": {"component": component}}}}))
+    if not requests and (waiting or "kafka" in problems):
+        return dg.SensorResult(asset_events=events, cursor=json.dumps(cursor),
+                               skip_reason="; ".join(waiting + ([problems["kafka"]] if "kafka" in problems else [])))
+    return dg.SensorResult(asset_events=events, cursor=json.dumps(cursor), run_requests=requests)

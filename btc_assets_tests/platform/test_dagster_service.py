@@ -1,0 +1,108 @@
+"""Dagster as deployed: webserver and daemon on PostgreSQL, backfills under a MapReduce pool, two symbols, bad settings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import dagster as dg
+import pytest
+
+from btc_assets.defs.history.assets import minute_bars, raw_trades
+from btc_assets.defs.history.checks import minute_bar_checks
+from btc_assets.defs.resources import BinanceHistoryResource, MarketResource
+from btc_assets_tests.conftest import TEST_HISTORY_SYMBOLS, TEST_HISTORY_TRADES_PER_DAY
+from btc_assets_tests.platform.test_definitions import EVERY_ASSET
+from btc_localstack.base import REPO_ROOT, StackError
+from btc_localstack.dagster import graphql
+
+RUNS_OF_BACKFILL = """
+query($id: String!) {
+  runsOrError(filter: {tags: [{key: "dagster/backfill", value: $id}]}) {
+    ... on Runs { results { runId status startTime endTime tags { key value } } }
+  }
+}"""
+
+LATEST_METADATA = """
+query($path: [String!]!, $partition: String!) {
+  assetOrError(assetKey: {path: $path}) {
+    ... on Asset { assetMaterializations(partitions: [$partition], limit: 1) {
+      runId partition metadataEntries { label ... on IntMetadataEntry { intValue } ... on FloatMetadataEntry { floatValue } }
+    } }
+  }
+}"""
+
+
+def instance(stack) -> dg.DagsterInstance:
+    return dg.DagsterInstance.from_config(stack.services["dagster"].home)
+
+
+def test_the_webserver_serves_the_code_location_from_postgres_with_healthy_daemons(stack):
+    dagster = stack.services["dagster"]
+    data = graphql(dagster.url, "{ assetNodes { assetKey { path } } instance { info } }")
+    assert {"/".join(node["assetKey"]["path"]) for node in data["assetNodes"]} == EVERY_ASSET
+    assert "PostgresRunStorage" in data["instance"]["info"] and "PostgresEventLogStorage" in data["instance"]["info"]
+    statuses = dagster.daemon_statuses()
+    assert {"SENSOR", "SCHEDULER", "QUEUED_RUN_COORDINATOR", "BACKFILL"} <= set(statuses)
+    assert all(statuses.values()), statuses
+
+
+def test_bad_postgres_settings_fail_with_one_error_naming_the_setting(stack):
+    dagster = stack.services["dagster"]
+    env = dagster.environment()
+    dagster.check_storage(env)  # the right settings pass
+    with pytest.raises(StackError, match="DAGSTER_POSTGRES_PASSWORD is wrong"):
+        dagster.check_storage({**env, "DAGSTER_POSTGRES_PASSWORD": "not-the-password"})
+    with pytest.raises(StackError, match="no PostgreSQL answers at DAGSTER_POSTGRES_HOST:DAGSTER_POSTGRES_PORT"):
+        dagster.check_storage({**env, "DAGSTER_POSTGRES_PORT": "1"})
+    with pytest.raises(StackError, match="DAGSTER_POSTGRES_PORT='x' is not a port number"):
+        dagster.check_storage({**env, "DAGSTER_POSTGRES_PORT": "x"})
+
+
+def test_a_backfill_of_five_days_never_runs_two_mapreduce_jobs_at_once(stack):
+    dagster = stack.services["dagster"]
+    result = subprocess.run([sys.executable, "-m", "btc_localstack.cli", "backfill", "--start", "2025-06-01",
+                             "--end", "2025-06-05"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    backfill_id = result.stdout.strip().splitlines()[-1]
+    assert "5 of 5 days done" in result.stderr  # the progress the command printed
+
+    # The backfill shows in the UI's backfill page ...
+    listed = graphql(dagster.url, "{ partitionBackfillsOrError { ... on PartitionBackfills { results { id status } } } }")
+    statuses = {backfill["id"]: backfill["status"] for backfill in listed["partitionBackfillsOrError"]["results"]}
+    assert statuses.get(backfill_id) in ("COMPLETED_SUCCESS", "COMPLETED"), statuses
+    # ... and its runs, each holding the MapReduce pool for its whole run, never overlapped (limit 1).
+    runs = graphql(dagster.url, RUNS_OF_BACKFILL, {"id": backfill_id})["runsOrError"]["results"]
+    partitions = sorted(tag["value"] for run in runs for tag in run["tags"] if tag["key"] == "dagster/partition")
+    assert partitions == [f"2025-06-0{day}" for day in range(1, 6)]
+    assert all(run["status"] == "SUCCESS" for run in runs)
+    spans = sorted((run["startTime"], run["endTime"]) for run in runs)
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert start >= end, f"two MapReduce runs overlapped: {spans}"
+
+
+def test_two_symbols_each_show_their_own_figures_in_the_ui(stack, history_service):
+    """Both symbols' bars are materialized into the stack's instance; the UI's API shows each one's numbers."""
+    day = "2025-06-10"
+    resources = {**_resources_of(stack), "market": MarketResource(symbols=",".join(TEST_HISTORY_SYMBOLS)),
+                 "binance_history": BinanceHistoryResource(base_url=history_service.base_url)}
+    result = dg.materialize([raw_trades, minute_bars, minute_bar_checks], partition_key=day, resources=resources,
+                            instance=instance(stack))
+    assert result.success
+    dagster = stack.services["dagster"]
+    for asset, figure in (("raw_trades", "rows"), ("minute_bars", "trades")):
+        materialization = graphql(dagster.url, LATEST_METADATA, {"path": [asset], "partition": day})[
+            "assetOrError"]["assetMaterializations"][0]
+        values = {entry["label"]: entry.get("intValue", entry.get("floatValue")) for entry in materialization["metadataEntries"]}
+        for symbol in TEST_HISTORY_SYMBOLS:
+            assert values[f"{symbol}_{figure}"] == TEST_HISTORY_TRADES_PER_DAY, (asset, symbol, values)
+        assert "per_symbol" in values
+
+
+def _resources_of(stack) -> dict:
+    """The code location's own resources, their EnvVars resolved from the stack's settings (the fixture applied them)."""
+    from btc_assets.defs.resources import build_resources
+
+    assert os.environ["BTC_HDFS_URL"] == stack.env()["BTC_HDFS_URL"]
+    return build_resources()
