@@ -100,7 +100,11 @@ STREAM_SETTINGS = (
             "Spark streaming job: most Kafka records one micro-batch reads"),
     Setting("BTC_STREAM_INFLUX_RETRY_SECONDS", "600",
             "Spark streaming job: how long a batch keeps retrying an unreachable InfluxDB before it fails"),
-    Setting("BTC_STREAM_HEALTH_SECONDS", "5", "Spark streaming job: pipeline_health interval"),
+    Setting("BTC_STREAM_HEALTH_SECONDS", "5", "Spark streaming job and producer: pipeline_health heartbeat interval"),
+    Setting("BTC_STREAM_STALL_SECONDS", "120",
+            "stream_health_sensor: a heartbeat (or the newest trade) older than this means the component is down"),
+    Setting("BTC_STREAM_RESTART_COOLDOWN_SECONDS", "600",
+            "stream_health_sensor: at most one restart request per component in this many seconds"),
 )
 SETTINGS += STREAM_SETTINGS
 

@@ -72,6 +72,9 @@ def stack(history_service):
     local = LocalStack()
     assert str(local.paths.state_dir) == str(Path(test_stack_dir()).resolve())
     started_here = not local.is_up()
+    # Dagster's processes carry the environment they were started with (the archive emulator's URL, ports):
+    # a kept stack's webserver and daemon are started again with this session's.
+    local.services["dagster"].stop()
     local.up()
     local.apply_env()
     yield local

@@ -20,7 +20,7 @@ import requests
 
 from btc_assets import config
 
-from .base import REPO_ROOT, ManagedProcess, Service, StackError, ensure_port_free, env_port, progress
+from .base import REPO_ROOT, ManagedProcess, Service, StackError, ensure_port_free, env_port, progress, run_logged
 
 HOST = "127.0.0.1"
 MAPREDUCE_POOL = "mapreduce"  # the pool minute_bars runs in (btc_assets/defs/history/assets.py)
@@ -135,6 +135,16 @@ class DagsterService(Service):
                              f"({text.splitlines()[0]}); start it (`btc-pipeline stack up postgres`) or fix the "
                              "settings") from None
 
+    def _set_pool_limit(self, env: dict[str, str]) -> None:
+        """The ``mapreduce`` pool's limit, set in the storage before any run is queued.
+
+        ``pools.default_limit`` alone is applied lazily, the first time the run queue meets the pool: the
+        first pass of a fresh instance launched a whole backfill at once (seen here: 4 runs of 5)."""
+        limit = config.get_int("BTC_MAPREDUCE_CONCURRENCY")
+        run_logged([self._tool("dagster"), "instance", "concurrency", "set", MAPREDUCE_POOL, str(limit)],
+                   self.state / "concurrency.log", component=self.name, step="setting the mapreduce pool limit",
+                   env=env, timeout=120)
+
     def _tool(self, name: str) -> str:
         beside = Path(sys.executable).parent / name
         return str(beside) if beside.exists() else name
@@ -155,6 +165,7 @@ class DagsterService(Service):
         if not self.daemon.is_running():
             progress(self.name, "starting the daemon (sensors, schedules, run queue, backfills)")
             self.daemon.start([self._tool("dagster-daemon"), "run", "-w", workspace], env=env, cwd=REPO_ROOT)
+        self._set_pool_limit(env)
         self.webserver.wait_until(self._webserver_ready, component=self.name, what="dagster-webserver", timeout=180)
         self.daemon.wait_until(self._daemons_healthy, component=self.name, what="dagster-daemon heartbeats",
                                timeout=180)

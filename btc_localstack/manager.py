@@ -7,6 +7,7 @@ the same engines the same way.
 from __future__ import annotations
 
 import os
+import shlex
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -97,7 +98,8 @@ class LocalStack:
         return values
 
     def write_env_file(self) -> None:
-        lines = [ENV_HEADER] + [f"{name}={value}" for name, value in sorted(self.env().items())]
+        # Quoted for a shell (`set -a; . stack.env`): some values hold spaces ("10 seconds").
+        lines = [ENV_HEADER] + [f"{name}={shlex.quote(value)}" for name, value in sorted(self.env().items())]
         tmp = self.env_file.with_suffix(".tmp")
         tmp.write_text("\n".join(lines) + "\n")
         os.chmod(tmp, 0o600)

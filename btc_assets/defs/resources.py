@@ -187,7 +187,8 @@ def build_resources() -> dict[str, Any]:
                                  read_token=env("BTC_INFLUX_READ_TOKEN"), admin_token=env("BTC_INFLUX_TOKEN")),
         "binance_history": BinanceHistoryResource(base_url=env("BTC_BINANCE_HISTORY_URL")),
         "market": MarketResource(symbols=env("BTC_SYMBOLS")),
-        "stream": StreamResource(),
+        "stream": StreamResource(stall_seconds=env.int("BTC_STREAM_STALL_SECONDS"),
+                                 cooldown_seconds=env.int("BTC_STREAM_RESTART_COOLDOWN_SECONDS")),
     }
 
 
@@ -222,10 +223,16 @@ class StreamResource(dg.ConfigurableResource):
     """The long-running stream services (producer, Spark job) and the thresholds the health sensor uses."""
 
     checkpoint_name: str = "trades"
-    stall_seconds: float = 300.0
-    cooldown_seconds: float = 600.0
+    stall_seconds: int = int(config.default("BTC_STREAM_STALL_SECONDS"))
+    cooldown_seconds: int = int(config.default("BTC_STREAM_RESTART_COOLDOWN_SECONDS"))
 
     def services(self):
         from btc_assets.stream.services import StreamServices
 
         return StreamServices()
+
+
+@dg.definitions
+def resources() -> dg.Definitions:
+    """The resource set, as the defs folder's contribution to the code location."""
+    return dg.Definitions(resources=build_resources())

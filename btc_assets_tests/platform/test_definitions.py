@@ -29,7 +29,8 @@ def test_definitions_validate_and_list_assets():
         assert spec.descriptions_by_key[dg.AssetKey.from_user_string(key)], f"{key} has no description"
     checks = {key.name for key in definitions.resolve_asset_graph().asset_check_keys}
     assert {"trades_conserved", "volume_conserved", "ohlc_consistent", "bars_inside_day",
-            "trade_ids_contiguous"} <= checks
+            "trade_ids_contiguous", "stream_healthy", "bars_fresh", "freshness_check"} <= checks
+    assert definitions.resolve_asset_graph().get(dg.AssetKey("minute_bars")).freshness_policy is not None
     assert set(definitions.resources) >= {"storage", "kafka", "spark", "mapreduce", "influx"}
     # Live predictions every 5 minutes, off until switched on (they need the stream and saved models).
     schedule = definitions.resolve_schedule_def("price_predictions_schedule")
@@ -38,6 +39,8 @@ def test_definitions_validate_and_list_assets():
     assert {key.to_user_string() for key in job.asset_layer.selected_asset_keys} == {"price_predictions"}
     assert {job.name for job in definitions.resolve_all_job_defs()} >= {"history_job", "restart_stream_job"}
     assert definitions.resolve_sensor_def("stream_health_sensor")
+    assert definitions.resolve_sensor_def("freshness_checks_sensor")
+    assert definitions.resolve_asset_graph().get(dg.AssetKey("minute_bars")).pools == {"mapreduce"}
 
 
 def test_dagster_cli_materializes_platform_assets(stack, tmp_path):

@@ -1,6 +1,7 @@
 """Daily-partitioned history: raw trade files in HDFS and their MapReduce minute bars."""
 
 import time
+from datetime import timedelta
 
 import dagster as dg
 
@@ -14,6 +15,9 @@ from btc_assets.history.download import ingest_day
 # Binance's spot archive starts long before; 2024 keeps the UI's partition list useful. The last
 # partition is yesterday (UTC): the newest complete day.
 MAPREDUCE_POOL = "mapreduce"
+# The newest day is in by 09:00 UTC: a materialization in the 24 hours before (btc_assets/defs/platform/freshness.py).
+HISTORY_FRESHNESS = dg.FreshnessPolicy.cron(deadline_cron="0 9 * * *", lower_bound_delta=timedelta(hours=24),
+                                            timezone="UTC")
 MAP_SLOTS = 2  # parallel map tasks in the local profile (one per core of the target machine)
 daily_partitions = dg.DailyPartitionsDefinition(start_date="2024-01-01", timezone="UTC")
 
@@ -59,7 +63,7 @@ def raw_trades(context: dg.AssetExecutionContext, storage: StorageResource,
 
 @dg.asset(partitions_def=daily_partitions, deps=[raw_trades], group_name="history", kinds={"hdfs", "hadoop"},
           # At most BTC_MAPREDUCE_CONCURRENCY jobs at once (the instance's pool limit), however many runs a backfill queues.
-          pool=MAPREDUCE_POOL)
+          pool=MAPREDUCE_POOL, freshness_policy=HISTORY_FRESHNESS)
 def minute_bars(context: dg.AssetExecutionContext, storage: StorageResource,
                 mapreduce: MapReduceResource, market: MarketResource) -> dg.MaterializeResult:
     """One-minute bars of the day (CONTRACTS.md section 4) from a Hadoop Streaming job.

@@ -96,6 +96,11 @@ def bars_fresh(kafka: KafkaResource, storage: StorageResource, influx: InfluxRes
     return dg.AssetCheckResult(passed=result.passed, metadata=result.metadata, description=result.description)
 
 
+def _updated(epoch_seconds: float | None) -> dict:
+    """When the series last got data (the freshness checks read it), not when it was observed."""
+    return {} if epoch_seconds is None else {"dagster/last_updated_timestamp": dg.MetadataValue.timestamp(epoch_seconds)}
+
+
 @dg.sensor(job=restart_stream_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED)
 def stream_health_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource, storage: StorageResource,
                          influx: InfluxResource, stream: StreamResource, market: MarketResource):
@@ -103,6 +108,7 @@ def stream_health_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResour
     `live_bars`, observations of Kafka lag and freshness); a restart run for each component that is down or
     stalled for longer than `stall_seconds`, at most one per component per `cooldown_seconds`."""
     health, end_offsets, problems = judge(kafka, storage, influx, stream, market)
+    now = time.time()
     events: list = check_results(health, problems)
     if health is not None:
         facts = {key: value for key, value in health.as_dict().items() if value is not None}
@@ -110,12 +116,13 @@ def stream_health_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResour
             dg.AssetObservation(asset_key="trade_topics", metadata={
                 "records": health.end_offsets,
                 "by_topic": dg.MetadataValue.json({t: sum(p.values()) for t, p in end_offsets.items()})}),
-            dg.AssetObservation(asset_key=live_trades.key, metadata=facts),
+            dg.AssetObservation(asset_key=live_trades.key, metadata={**facts, **_updated(
+                None if health.newest_trade_age is None else now - health.newest_trade_age)}),
             dg.AssetObservation(asset_key=live_bars.key, metadata={
-                key: facts[key] for key in ("last_bar_time", "seconds_since_bar") if key in facts}),
+                **{key: facts[key] for key in ("last_bar_time", "seconds_since_bar") if key in facts},
+                **_updated(None if health.seconds_since_bar is None else now - health.seconds_since_bar)}),
         ]
     cursor = json.loads(context.cursor) if context.cursor else {}
-    now = time.time()
     requests, waiting = [], []
     for component in COMPONENTS:
         if component not in problems:
