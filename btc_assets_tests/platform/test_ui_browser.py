@@ -54,7 +54,7 @@ def test_materialize_a_partition_from_the_ui_and_find_its_metadata(stack, browse
     shots.mkdir(parents=True, exist_ok=True)
     # The upstream day first (raw_trades from the suite's archive emulator), into the same instance the UI shows.
     result = dg.materialize([raw_trades], partition_key=DAY, resources=build_resources(),
-                            instance=dg.DagsterInstance.from_config(dagster.home))
+                            instance=dg.DagsterInstance.from_config(str(dagster.home)))
     assert result.success
 
     page = browser.new_page(viewport={"width": 1400, "height": 900})

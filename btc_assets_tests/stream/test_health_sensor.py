@@ -36,7 +36,8 @@ def evaluate(resources: dict, instance, cursor=None):
 
 
 def observation(result, key: str) -> dict:
-    (event,) = [event for event in result.asset_events if event.asset_key == dg.AssetKey(key)]
+    (event,) = [event for event in result.asset_events
+                if isinstance(event, dg.AssetObservation) and event.asset_key == dg.AssetKey(key)]
     return {name: value.value for name, value in event.metadata.items()}
 
 
@@ -95,7 +96,7 @@ def test_healthy_stream_is_observed_and_a_stopped_one_restarted(stack, spark, mo
     time.sleep(11)  # no producer heartbeat since the last one: past a 10-second stall threshold
     dead = evaluate(sensor_resources(case, stall_seconds=10), instance, cursor=stopped.cursor)
     assert "no producer heartbeat" in requested(dead)["producer"]
-    producer_heartbeat(case, newest_trade_age_s=120)
+    producer_heartbeat(case, newest_trade_age_s=120.0)
     silent = evaluate(sensor_resources(case, stall_seconds=10), instance)
     assert "WebSocket is silent" in requested(silent)["producer"]
     for step in case.cleanup:
