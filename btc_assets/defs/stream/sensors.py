@@ -78,22 +78,20 @@ def check_results(health: StreamHealth | None, problems: dict[str, str]) -> list
     ]
 
 
-@dg.asset_check(asset=live_trades.key, name=STREAM_CHECK, blocking=False,
-                description="Producer heartbeat, WebSocket freshness, Kafka and the Spark job's heartbeat and lag.")
-def stream_healthy(kafka: KafkaResource, storage: StorageResource, influx: InfluxResource, stream: StreamResource,
-                   market: MarketResource) -> dg.AssetCheckResult:
+@dg.multi_asset_check(
+    specs=[dg.AssetCheckSpec(STREAM_CHECK, asset=live_trades.key,
+                             description="Producer heartbeat, WebSocket freshness, Kafka and the Spark job's heartbeat and lag."),
+           dg.AssetCheckSpec(BARS_CHECK, asset=live_bars.key,
+                             description="New one-minute bars keep arriving while Kafka holds trades not read yet.")],
+    can_subset=False)
+def live_stream_checks(kafka: KafkaResource, storage: StorageResource, influx: InfluxResource, stream: StreamResource,
+                       market: MarketResource):
+    """The health sensor's verdicts, on demand (the sensor reports the same ones every minute)."""
     health, _, problems = judge(kafka, storage, influx, stream, market)
-    (result, _) = check_results(health, problems)
-    return dg.AssetCheckResult(passed=result.passed, metadata=result.metadata, description=result.description)
-
-
-@dg.asset_check(asset=live_bars.key, name=BARS_CHECK, blocking=False,
-                description="New one-minute bars keep arriving while Kafka holds trades the Spark job has not read.")
-def bars_fresh(kafka: KafkaResource, storage: StorageResource, influx: InfluxResource, stream: StreamResource,
-               market: MarketResource) -> dg.AssetCheckResult:
-    health, _, problems = judge(kafka, storage, influx, stream, market)
-    (_, result) = check_results(health, problems)
-    return dg.AssetCheckResult(passed=result.passed, metadata=result.metadata, description=result.description)
+    for evaluation in check_results(health, problems):
+        yield dg.AssetCheckResult(asset_key=evaluation.asset_key, check_name=evaluation.check_name,
+                                  passed=evaluation.passed, metadata=evaluation.metadata,
+                                  description=evaluation.description)
 
 
 def _updated(epoch_seconds: float | None) -> dict:
