@@ -157,7 +157,7 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=18799, help="the emulator's port")
     args = parser.parse_args()
 
-    if not use_running_stack():
+    if not use_running_stack("hadoop", "kafka", "influxdb"):
         return 2
     run = uuid.uuid4().hex[:8]
     admin = Influx(os.environ["BTC_INFLUX_URL"], os.environ["BTC_INFLUX_ORG"], "", os.environ["BTC_INFLUX_TOKEN"])
