@@ -50,7 +50,7 @@ class InfluxDBService(Service):
         if self.binary().exists():
             return
         progress(self.name, "building InfluxDB 2 from the Go module proxy and crates.io "
-                            "(first run only, about 15-25 minutes on 2 cores)…")
+                            "(first run only, about 4-6 minutes on 2 cores)…")
         env = dict(os.environ, BTC_CACHE_DIR=str(self.paths.cache_dir), INFLUXDB_VERSION=self.version)
         result = subprocess.run(["bash", str(BUILD_SCRIPT)], env=env, stdout=subprocess.PIPE, text=True)
         if result.returncode != 0:
