@@ -234,12 +234,16 @@ def kafka_settings() -> dict[str, object]:
             "partitions": get_int("BTC_KAFKA_PARTITIONS"), "replication": get_int("BTC_KAFKA_REPLICATION")}
 
 
-def symbols() -> list[str]:
-    raw = get("BTC_SYMBOLS")
+def parse_symbols(raw: str) -> list[str]:
+    """``BTC_SYMBOLS``'s value as symbols: comma-separated, upper-cased; none at all is an error."""
     found = [symbol.strip().upper() for symbol in raw.split(",") if symbol.strip()]
     if not found:
-        raise ValueError(f"BTC_SYMBOLS={raw!r} names no symbol")
+        raise ValueError(f"BTC_SYMBOLS={raw!r} names no symbol: set it to e.g. BTCUSDT or BTCUSDT,ETHUSDT")
     return found
+
+
+def symbols() -> list[str]:
+    return parse_symbols(get("BTC_SYMBOLS"))
 
 
 def env_example() -> str:

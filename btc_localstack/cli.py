@@ -91,11 +91,9 @@ def cmd_stack(args) -> int:
 
 
 def dagster_env(stack) -> dict[str, str]:
+    """This environment with the stack's settings, DAGSTER_HOME (its PostgreSQL-backed instance) among them."""
     env = dict(os.environ)
     env.update(stack.env())
-    home = stack.paths.state_dir / "dagster_home"
-    home.mkdir(parents=True, exist_ok=True)
-    env.setdefault("DAGSTER_HOME", str(home))
     return env
 
 

@@ -17,20 +17,31 @@ def admin(bootstrap_servers: str, **overrides) -> KafkaAdminClient:
     return KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="btc-pipeline-admin", **overrides)
 
 
+def ensure_topics(bootstrap_servers: str, names, *, partitions: int, replication: int = 1,
+                  config: dict[str, str] | None = None) -> list[str]:
+    """Create the topics that do not exist yet, with one admin connection; return the names created."""
+    client = admin(bootstrap_servers)
+    try:
+        existing = set(client.list_topics())
+        created = []
+        for name in dict.fromkeys(names):
+            if name in existing:
+                continue
+            try:
+                client.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=replication,
+                                               topic_configs=config or {})])
+                created.append(name)
+            except TopicAlreadyExistsError:  # created meanwhile by another component
+                pass
+        return created
+    finally:
+        client.close()
+
+
 def ensure_topic(bootstrap_servers: str, name: str, *, partitions: int, replication: int = 1,
                  config: dict[str, str] | None = None) -> bool:
     """Create the topic if it does not exist; return True if it was created."""
-    client = admin(bootstrap_servers)
-    try:
-        if name in client.list_topics():
-            return False
-        client.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=replication,
-                                       topic_configs=config or {})])
-        return True
-    except TopicAlreadyExistsError:
-        return False
-    finally:
-        client.close()
+    return bool(ensure_topics(bootstrap_servers, [name], partitions=partitions, replication=replication, config=config))
 
 
 def ensure_trade_topics(bootstrap_servers: str, topics, *, partitions: int, replication: int = 1,
@@ -47,8 +58,7 @@ def ensure_trade_topics(bootstrap_servers: str, topics, *, partitions: int, repl
     deadline = time.monotonic() + wait_seconds
     while True:
         try:
-            return [name for name in names
-                    if ensure_topic(bootstrap_servers, name, partitions=partitions, replication=replication)]
+            return ensure_topics(bootstrap_servers, names, partitions=partitions, replication=replication)
         except KafkaError as error:
             if time.monotonic() >= deadline or should_stop():
                 raise

@@ -199,10 +199,10 @@ class MarketResource(dg.ConfigurableResource):
 
     @property
     def symbol_list(self) -> list[str]:
-        found = [symbol.strip().upper() for symbol in self.symbols.split(",") if symbol.strip()]
-        if not found:
-            raise dg.Failure(f"BTC_SYMBOLS={self.symbols!r} names no symbol: set it to e.g. BTCUSDT or BTCUSDT,ETHUSDT")
-        return found
+        try:
+            return config.parse_symbols(self.symbols)
+        except ValueError as error:
+            raise dg.Failure(str(error)) from None
 
 
 class BinanceHistoryResource(dg.ConfigurableResource):

@@ -103,7 +103,7 @@ def installed(tmp_path_factory):
 
 def _installed_env(stack_env: dict[str, str], home: Path) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items()
-           if key not in ("PYTHONPATH", "BTC_DATA_DIR", "VIRTUAL_ENV") and not key.startswith("BTC_")}
+           if key not in ("PYTHONPATH", "VIRTUAL_ENV") and not key.startswith("BTC_")}
     env.update(stack_env)
     env.pop("BTC_DATA_DIR", None)
     env["DAGSTER_HOME"] = str(home)
