@@ -67,6 +67,8 @@ SETTINGS: tuple[Setting, ...] = (
     # Spark
     Setting("BTC_SPARK_MASTER", "local[2]", "Spark master URL (`spark://host:7077` on a cluster)"),
     Setting("BTC_SPARK_DRIVER_MEMORY", "2g", "Spark driver heap"),
+    Setting("BTC_SPARK_DRIVER_HOST", "", "the address executors reach the driver at; empty: 127.0.0.1 in local "
+            "mode, this host's address (its name resolved) with a cluster master"),
     Setting("BTC_SPARK_JARS", "<cache>/spark/<pyspark version>/lib/*.jar",
             "comma-separated local jars for Spark: the Kafka connector the local stack resolved"),
     Setting("BTC_SPARK_PACKAGES", "", "Maven coordinates Spark resolves itself at start (cluster profile), e.g. "
@@ -81,10 +83,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BTC_INFLUX_READ_TOKEN", "(generated)", "InfluxDB token that may only read the bucket (Grafana)",
             secret=True),
     Setting("BTC_INFLUX_PASSWORD", "(generated)", "InfluxDB admin user's password (local stack only)", secret=True),
+    Setting("GRAFANA_ADMIN_PASSWORD", "", "docker compose: Grafana's admin password (the local stack runs no Grafana)",
+            secret=True),
     # Binance
     Setting("BTC_BINANCE_WS_URL", "wss://stream.binance.com:9443", "Binance WebSocket base URL"),
     Setting("BTC_BINANCE_REST_URL", "https://api.binance.com", "Binance REST base URL (gap backfill)"),
     Setting("BTC_BINANCE_HISTORY_URL", "https://data.binance.vision", "Binance public data (daily trade files)"),
+    Setting("BTC_DOWNLOAD_RETRIES", "2",
+            "raw_trades: how many more times a download that failed after the client's own retries is tried"),
+    Setting("BTC_DOWNLOAD_RETRY_DELAY_SECONDS", "30",
+            "raw_trades: wait before the first of those tries (doubling, with jitter, for the next)"),
 )
 
 # The Spark streaming job's own settings (btc_assets/stream/spark_job.py reads them).

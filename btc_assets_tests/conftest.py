@@ -49,6 +49,11 @@ def pytest_configure(config):  # noqa: ARG001 - pytest's hook signature
     for name, port in TEST_PORTS.items():
         os.environ.setdefault(name, str(port))
     os.environ["BTC_BINANCE_HISTORY_URL"] = f"http://127.0.0.1:{TEST_HISTORY_PORT}"
+    # The suite's daemon judges the live stream faster than the default 120 s (heartbeats come every 5 s), so a
+    # killed component is restarted within the 3 minutes the supervision test allows.
+    os.environ.setdefault("BTC_STREAM_STALL_SECONDS", "45")
+    # raw_trades' step retries (2 more tries) stay on, a second apart instead of 30 s and 60 s.
+    os.environ.setdefault("BTC_DOWNLOAD_RETRY_DELAY_SECONDS", "1")
 
 
 @pytest.fixture(scope="session")
@@ -123,3 +128,23 @@ def spark(resources):
 def unique():
     """A short unique suffix so tests never collide on topic, bucket or path names."""
     return uuid.uuid4().hex[:10]
+
+
+CHROMIUM = os.environ.get("BTC_CHROMIUM", "/usr/bin/chromium")
+# As the machine's probe runs it: no sandbox as root, and no background connections to hosts it cannot reach.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium, headless, driven by Playwright: the real browser the UI tests use."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"no Chromium at {CHROMIUM}: `./pipeline test` installs Debian's (as root: apt-get update && "
+                    "apt-get install -y chromium), or set BTC_CHROMIUM to a Chromium binary")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield launched
+        launched.close()

@@ -3,6 +3,7 @@
     btc-pipeline stack up|down|status|logs|reset|provision   the local engines (Kafka, HDFS, Spark, InfluxDB)
     btc-pipeline demo                                        stack up, status, materialize the assets
     btc-pipeline test [pytest args]                          provision the engines, run the test suite
+    btc-pipeline ui [--supervise on|off]                     the Dagster UI's URL; the stream's sensor and schedule
     btc-pipeline config --env-example | --markdown           the documented settings
 """
 
@@ -404,7 +405,16 @@ def cmd_ui(args) -> int:
     if not dagster.is_running():
         progress("ui", "the webserver is not running: `btc-pipeline stack up` starts it (with postgres and the daemon)")
         return 3
+    if args.supervise is not None:
+        from btc_localstack.dagster import switch
+
+        for kind, name in SUPERVISION:
+            progress("ui", f"{name}: {switch(dagster.url, name, on=args.supervise == 'on', kind=kind)}")
     return 0
+
+
+# What `btc-pipeline ui --supervise on` switches on: the live stream's health sensor and the live predictions.
+SUPERVISION = (("sensor", "stream_health_sensor"), ("schedule", "price_predictions_schedule"))
 
 
 def cmd_dashboards(args) -> int:
@@ -477,6 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     produce.set_defaults(func=cmd_produce)
 
     ui = sub.add_parser("ui", help="print the Dagster UI's URL (the stack's webserver)")
+    ui.add_argument("--supervise", choices=("on", "off"),
+                    help="switch stream_health_sensor and price_predictions_schedule on or off (as the UI's toggles)")
     ui.set_defaults(func=cmd_ui)
 
     boards = sub.add_parser("dashboards", help="regenerate grafana/dashboards/*.json from btc_assets/dashboards.py")

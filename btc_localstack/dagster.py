@@ -239,3 +239,69 @@ def backfill_status(url: str, backfill_id: str) -> dict:
     if result["__typename"] != "PartitionBackfill":
         raise StackError(f"dagster: backfill {backfill_id}: {result}")
     return result
+
+
+REPOSITORIES = "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"
+START_SENSOR = """
+mutation($selector: SensorSelector!) {
+  startSensor(sensorSelector: $selector) {
+    __typename ... on Sensor { id sensorState { status } } ... on PythonError { message }
+    ... on SensorNotFoundError { message }
+  }
+}"""
+STOP_SENSOR = """
+mutation($id: String!) {
+  stopSensor(id: $id) {
+    __typename ... on StopSensorMutationResult { instigationState { status } } ... on PythonError { message }
+  }
+}"""
+START_SCHEDULE = """
+mutation($selector: ScheduleSelector!) {
+  startSchedule(scheduleSelector: $selector) {
+    __typename ... on ScheduleStateResult { scheduleState { id status } } ... on PythonError { message }
+    ... on ScheduleNotFoundError { message }
+  }
+}"""
+STOP_SCHEDULE = """
+mutation($id: String!) {
+  stopRunningSchedule(id: $id) {
+    __typename ... on ScheduleStateResult { scheduleState { status } } ... on PythonError { message }
+  }
+}"""
+INSTIGATOR_STATE = """
+query($selector: InstigationSelector!) {
+  instigationStateOrError(instigationSelector: $selector) {
+    __typename ... on InstigationState { id status } ... on PythonError { message }
+  }
+}"""
+
+
+def _repository(url: str) -> dict[str, str]:
+    nodes = graphql(url, REPOSITORIES)["repositoriesOrError"]["nodes"]
+    if len(nodes) != 1:
+        raise StackError(f"dagster: expected one code location at {url}, found {nodes}")
+    return {"repositoryName": nodes[0]["name"], "repositoryLocationName": nodes[0]["location"]["name"]}
+
+
+def switch(url: str, name: str, *, on: bool, kind: str = "sensor") -> str:
+    """Switch a sensor or schedule (``kind``) on or off, as its toggle in the UI does; its new status."""
+    if kind not in ("sensor", "schedule"):
+        raise ValueError(f"kind must be 'sensor' or 'schedule', not {kind!r}")
+    selector = {**_repository(url), f"{kind}Name": name}
+    if on:
+        result = graphql(url, START_SENSOR if kind == "sensor" else START_SCHEDULE, {"selector": selector})
+        body = result["startSensor" if kind == "sensor" else "startSchedule"]
+        state = body.get("sensorState") or body.get("scheduleState")
+    else:
+        selector = {**{key: value for key, value in selector.items() if key != f"{kind}Name"}, "name": name}
+        current = graphql(url, INSTIGATOR_STATE, {"selector": selector})["instigationStateOrError"]
+        if current["__typename"] != "InstigationState":
+            raise StackError(f"dagster: no {kind} {name!r}: {current}")
+        if current["status"] != "RUNNING":
+            return current["status"]
+        result = graphql(url, STOP_SENSOR if kind == "sensor" else STOP_SCHEDULE, {"id": current["id"]})
+        body = result["stopSensor" if kind == "sensor" else "stopRunningSchedule"]
+        state = body.get("instigationState") or body.get("scheduleState")
+    if not state:
+        raise StackError(f"dagster: could not switch the {kind} {name!r} {'on' if on else 'off'}: {body}")
+    return state["status"]

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import requests
 
+from btc_assets.clients.influx import InfluxWriteRefused, create_scoped_token
+
 from .base import REPO_ROOT, ManagedProcess, Service, StackError, ensure_port_free, env_port, progress
 
 BUILD_SCRIPT = REPO_ROOT / "infra" / "local" / "build_influxdb.sh"
@@ -121,13 +123,10 @@ class InfluxDBService(Service):
             self._save(creds)
 
     def _create_token(self, creds: dict[str, str], action: str, description: str) -> str:
-        response = requests.post(
-            f"{self.url}/api/v2/authorizations", timeout=30,
-            headers={"Authorization": f"Token {creds['token']}"},
-            json={"orgID": creds["org_id"], "description": description, "permissions": [
-                {"action": action, "resource": {"type": "buckets", "orgID": creds["org_id"]}}]})
-        _raise_for(response, f"creating the {action} token")
-        return response.json()["token"]
+        try:
+            return create_scoped_token(self.url, creds["token"], creds["org_id"], action, description)
+        except InfluxWriteRefused as error:
+            raise StackError(f"influxdb: {error}") from None
 
     def _save(self, creds: dict[str, str]) -> None:
         tmp = self.credentials_file.with_suffix(".tmp")

@@ -305,6 +305,7 @@ class BinanceEmulator:
         self._history: dict[str, list[dict]] = {symbol: [] for symbol in self.symbols}
         self._history_first_id: dict[str, int | None] = {symbol: None for symbol in self.symbols}
         self._generated = {symbol: 0 for symbol in self.symbols}
+        self._first_id: dict[str, int | None] = {symbol: None for symbol in self.symbols}  # never trimmed
         self._sent: dict[str, list[int]] = {symbol: [] for symbol in self.symbols}
         self._sent_payloads: dict[str, dict[int, bytes]] = {symbol: {} for symbol in self.symbols}
         self._skipped: dict[str, list[int]] = {symbol: [] for symbol in self.symbols}
@@ -508,6 +509,10 @@ class BinanceEmulator:
                 "paused": self._paused,
                 "done": self.done.is_set(),
                 "generated": dict(self._generated),
+                # Every id this market made, first to last (ids go up by one per trade); null before the first.
+                "ids": {symbol: None if first is None else
+                        [first, self._history_first_id[symbol] + self._generated[symbol] - 1]
+                        for symbol, first in self._first_id.items()},
                 "sent": {symbol: len(ids) for symbol, ids in self._sent.items()},
                 "skipped": {symbol: len(ids) for symbol, ids in self._skipped.items()},
                 "unsent": {symbol: len(ids) for symbol, ids in self._unsent.items()},
@@ -582,6 +587,8 @@ class BinanceEmulator:
         history = self._history[symbol]
         if self._history_first_id[symbol] is None:
             self._history_first_id[symbol] = event[schema.EVENT_TRADE_ID]
+        if self._first_id[symbol] is None:
+            self._first_id[symbol] = event[schema.EVENT_TRADE_ID]
         history.append(event)
         self._generated[symbol] += 1
         if len(history) > self.history_limit + self.history_limit // 10:

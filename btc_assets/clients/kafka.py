@@ -44,6 +44,12 @@ def ensure_topic(bootstrap_servers: str, name: str, *, partitions: int, replicat
     return bool(ensure_topics(bootstrap_servers, [name], partitions=partitions, replication=replication, config=config))
 
 
+def trade_topic_config(replication: int) -> dict[str, str]:
+    """A replicated topic takes a write (acks=all) while one replica is down, never with only one left:
+    ``min.insync.replicas`` = replication - 1 (2 of 3), 1 without replication."""
+    return {"min.insync.replicas": str(max(1, replication - 1))}
+
+
 def ensure_trade_topics(bootstrap_servers: str, topics, *, partitions: int, replication: int = 1,
                         wait_seconds: float = 0.0, should_stop=lambda: False, log=None) -> list[str]:
     """Every trade topic and its dead-letter topic (``schema.dlq_topic``), created if missing: the one place
@@ -58,7 +64,8 @@ def ensure_trade_topics(bootstrap_servers: str, topics, *, partitions: int, repl
     deadline = time.monotonic() + wait_seconds
     while True:
         try:
-            return ensure_topics(bootstrap_servers, names, partitions=partitions, replication=replication)
+            return ensure_topics(bootstrap_servers, names, partitions=partitions, replication=replication,
+                                 config=trade_topic_config(replication))
         except KafkaError as error:
             if time.monotonic() >= deadline or should_stop():
                 raise

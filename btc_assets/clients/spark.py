@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import sys
 from dataclasses import dataclass, field
 
 
@@ -14,7 +17,17 @@ class SparkSettings:
     packages: str = ""             # Maven coordinates Spark resolves itself (cluster profile)
     ivy_dir: str = ""
     hdfs_url: str = ""             # becomes fs.defaultFS
+    driver_host: str = ""          # BTC_SPARK_DRIVER_HOST (see driver_address)
     extra: dict[str, str] = field(default_factory=dict)
+
+    def driver_address(self) -> dict[str, str]:
+        """Where executors reach the driver: loopback in local mode (nothing else can), else ``driver_host``
+        or this host's resolved address; the driver listens on every interface then."""
+        if self.master.startswith("local"):
+            return {"spark.driver.bindAddress": "127.0.0.1", "spark.driver.host": self.driver_host or "127.0.0.1"}
+        host = self.driver_host or socket.gethostbyname(socket.gethostname())
+        bind = "127.0.0.1" if host.startswith("127.") else "0.0.0.0"
+        return {"spark.driver.bindAddress": bind, "spark.driver.host": host}
 
     def conf(self) -> dict[str, str]:
         conf = {
@@ -26,8 +39,7 @@ class SparkSettings:
             "spark.sql.session.timeZone": "UTC",
             "spark.ui.enabled": "false",
             "spark.ui.showConsoleProgress": "false",
-            "spark.driver.bindAddress": "127.0.0.1",
-            "spark.driver.host": "127.0.0.1",
+            **self.driver_address(),
         }
         if self.jars:
             conf["spark.jars"] = self.jars
@@ -45,6 +57,10 @@ def build_session(settings: SparkSettings):
     """Get or create the process's SparkSession with these settings."""
     from pyspark.sql import SparkSession
 
+    if settings.master.startswith("local"):
+        # Python workers (XGBoost's training task) run in this interpreter's environment, not whatever python3
+        # is first on PATH: pyspark reads PYSPARK_PYTHON when the context starts.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder
     for key, value in settings.conf().items():
         builder = builder.config(key, value)

@@ -82,11 +82,12 @@ class SparkResource(dg.ConfigurableResource):
     packages: str = ""
     ivy_dir: str = ""
     hdfs_url: str = ""
+    driver_host: str = ""
 
     def settings(self, app_name: str = "btc-pipeline") -> SparkSettings:
         return SparkSettings(master=self.master, app_name=app_name, driver_memory=self.driver_memory,
                              jars=self.jars, packages=self.packages, ivy_dir=self.ivy_dir,
-                             hdfs_url=self.hdfs_url)
+                             hdfs_url=self.hdfs_url, driver_host=self.driver_host)
 
     def session(self, app_name: str = "btc-pipeline"):
         """The session, created on first use (so runs that never touch Spark never start a JVM)."""
@@ -177,7 +178,8 @@ def build_resources() -> dict[str, Any]:
                                replication=env.int("BTC_KAFKA_REPLICATION")),
         "spark": SparkResource(master=env("BTC_SPARK_MASTER"), driver_memory=env("BTC_SPARK_DRIVER_MEMORY"),
                                jars=env("BTC_SPARK_JARS"), packages=env("BTC_SPARK_PACKAGES"),
-                               ivy_dir=env("BTC_SPARK_IVY_DIR"), hdfs_url=env("BTC_HDFS_URL")),
+                               ivy_dir=env("BTC_SPARK_IVY_DIR"), hdfs_url=env("BTC_HDFS_URL"),
+                               driver_host=env("BTC_SPARK_DRIVER_HOST")),
         "mapreduce": MapReduceResource(framework=env("BTC_MAPREDUCE_FRAMEWORK"),
                                        hadoop_classpath=env("BTC_HADOOP_CLASSPATH"),
                                        streaming_jar=env("BTC_HADOOP_STREAMING_JAR"),

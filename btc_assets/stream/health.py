@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 
 from btc_assets.contracts import schema
 
+BAR_SECONDS = 60  # a bars_1m point is stamped with its minute's start
 PRODUCER_COMPONENT = "producer"  # the producer's pipeline_health component tag (btc_assets.stream.producer)
 
 
@@ -45,8 +46,10 @@ class StreamHealth:
             return "the Spark job has never reported pipeline_health"
         if self.seconds_since_health > stall_seconds:
             return f"no Spark job pipeline_health heartbeat for {self.seconds_since_health:.0f}s (> {stall_seconds:.0f}s)"
-        if self.lag and (self.seconds_since_bar is None or self.seconds_since_bar > stall_seconds):
-            return f"{self.lag} records waiting in Kafka but no new bar for {self.seconds_since_bar}s"
+        # A bar's time is its minute's start: a healthy stream's newest bar is up to a minute (and a bars trigger) old.
+        if self.lag and (self.seconds_since_bar is None or self.seconds_since_bar > stall_seconds + BAR_SECONDS):
+            return (f"{self.lag} records waiting in Kafka but the newest bar started {self.seconds_since_bar}s ago "
+                    f"(> {stall_seconds + BAR_SECONDS:.0f}s)")
         return None
 
     def producer_problem(self, stall_seconds: float) -> str | None:

@@ -8,6 +8,7 @@ source (the Binance emulator of ``btc_testkit``) can be managed beside them with
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -33,12 +34,28 @@ class StreamServices:
         self.commands = {**(extra or {}), **SERVICES}
         self.processes = {name: ManagedProcess(name, directory) for name in self.commands}
 
+    def _launch_file(self, name: str) -> Path:
+        return self.processes[name].directory / f"{name}.launch.json"
+
+    def launch_settings(self, name: str) -> tuple[list[str], dict[str, str]]:
+        """The arguments and extra environment ``name`` was last started with (([], {}) if never)."""
+        try:
+            saved = json.loads(self._launch_file(name).read_text())
+        except (OSError, ValueError):
+            return [], {}
+        return list(saved.get("args", [])), dict(saved.get("env", {}))
+
     def start(self, name: str, extra_args: list[str] | None = None, env: dict[str, str] | None = None) -> int:
         process = self.processes[name]
         if process.is_running():
             return process.pid()
         pid = process.start([sys.executable, *self.commands[name], *(extra_args or [])],
                             env=dict(os.environ, **(env or {})), cwd=process.directory)
+        # Remembered (mode 600) for a restart from another process, e.g. the health sensor's restart run: a
+        # producer started on an emulator's URLs must come back on them, not on the environment's defaults.
+        path = self._launch_file(name)
+        path.write_text(json.dumps({"args": list(extra_args or []), "env": dict(env or {})}))
+        os.chmod(path, 0o600)
         _say(f"{name} started (pid {pid}, log {process.log_file})")
         return pid
 
@@ -48,8 +65,10 @@ class StreamServices:
         self.processes[name].stop(timeout=60, kill=kill)
 
     def restart(self, name: str, extra_args: list[str] | None = None, env: dict[str, str] | None = None) -> int:
+        """Stop and start again; without ``extra_args``/``env``, with those of its last start."""
+        saved_args, saved_env = self.launch_settings(name)
         self.stop(name)
-        return self.start(name, extra_args, env)
+        return self.start(name, saved_args if extra_args is None else extra_args, saved_env if env is None else env)
 
     def start_all(self, env: dict[str, str] | None = None) -> None:
         """The live path: the producer, then the Spark job (``env``: extra variables for the producer)."""

@@ -774,7 +774,8 @@ def build_spark(settings: StreamSettings) -> SparkSession:
     return build_session(SparkSettings(
         master=master, app_name="btc-spark-stream", driver_memory=config.get("BTC_SPARK_DRIVER_MEMORY"),
         jars=config.get_optional("BTC_SPARK_JARS"), packages=config.get_optional("BTC_SPARK_PACKAGES"),
-        ivy_dir=config.get_optional("BTC_SPARK_IVY_DIR"), hdfs_url=config.get("BTC_HDFS_URL"), extra=extra))
+        ivy_dir=config.get_optional("BTC_SPARK_IVY_DIR"), hdfs_url=config.get("BTC_HDFS_URL"),
+        driver_host=config.get_optional("BTC_SPARK_DRIVER_HOST"), extra=extra))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

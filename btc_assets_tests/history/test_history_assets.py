@@ -99,6 +99,9 @@ def test_bad_download_fails_clearly_and_leaves_hdfs_untouched(history_resources,
     finally:
         archive.archive.corrupt_checksum("BTCUSDT", day, corrupted=False)
     assert not result.success
+    # The step itself was tried 1 + BTC_DOWNLOAD_RETRIES times (its RetryPolicy), each time from scratch.
+    retries = [event for event in result.all_events if event.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert len(retries) == int(os.environ.get("BTC_DOWNLOAD_RETRIES", "2"))
     failure_event = next(event for event in result.all_events if event.event_type_value == "STEP_FAILURE")
     assert expected in failure_event.event_specific_data.error.to_string()
     path = day_path(storage, "raw", "BTCUSDT", day)

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
+
+import pytest
 
 from btc_localstack.base import REPO_ROOT
 from btc_localstack.dagster import graphql
@@ -29,11 +34,41 @@ def run_demo(*options: str) -> subprocess.CompletedProcess:
                            *options], cwd=REPO_ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=1800)
 
 
-def test_demo_runs_twice(stack):
+@dataclass
+class LiveDemo:
+    started: float  # when the first demo began
+    switched_on: float | None = None  # when the health sensor and the prediction schedule were switched on
+    failure: str | None = None  # what went wrong in a demo run, if anything
+
+
+@pytest.fixture(scope="module")
+def live_demo(stack):
+    """The demo run twice, the second time under supervision: after the first run the stack's health sensor
+    and prediction schedule are switched on (as `btc-pipeline ui --supervise on` does), so the second run's
+    history and stream steps happen inside the supervision test's 5 healthy minutes. The live path the demo
+    leaves running (emulator, producer, Spark job) is stopped after the module's tests."""
+    from btc_localstack.dagster import switch
+
+    demo = LiveDemo(started=time.time())
+    url = stack.services["dagster"].url
     try:
-        demo_twice(stack)
+        try:
+            demo_attempt(stack, 1)
+            assert switch(url, "stream_health_sensor", on=True) == "RUNNING"
+            assert switch(url, "price_predictions_schedule", on=True, kind="schedule") == "RUNNING"
+            demo.switched_on = time.time()
+            demo_attempt(stack, 2)
+        except AssertionError as error:
+            demo.failure = str(error)
+        yield demo
     finally:
-        stream_services(stack.paths.state_dir).stop_all()  # the demo leaves the live path running
+        switch(url, "stream_health_sensor", on=False)
+        switch(url, "price_predictions_schedule", on=False, kind="schedule")
+        stream_services(stack.paths.state_dir).stop_all()
+
+
+def test_demo_runs_twice(live_demo, stack):
+    assert live_demo.failure is None, live_demo.failure
     assert stack.is_up()
 
 
@@ -48,32 +83,189 @@ def demo_runs_in_the_ui(stack) -> None:
         assert graphql(url, RUN_STATUS, {"id": latest["runId"]})["runOrError"]["status"] == "SUCCESS", asset
 
 
-def demo_twice(stack):
+def demo_attempt(stack, attempt: int) -> None:
     # The whole demo once; then again without the models (their training and two prediction rounds are the slow
-    # part, ~5 min, and the first run already showed them): the stack, history and stream steps run a second time.
-    for attempt in (1, 2):
-        result = run_demo() if attempt == 1 else run_demo("--no-models")
-        output = result.stdout + result.stderr
-        assert result.returncode == 0, f"attempt {attempt}:\n{output[-4000:]}"
-        for service in ("hadoop", "kafka", "influxdb"):
-            assert any(line.startswith("up") and service in line for line in result.stdout.splitlines()), \
-                f"attempt {attempt}: {service} not shown up:\n{result.stdout}"
-        assert "[demo] done" in output
-        assert "bars from 20,000 trades" in output
-        assert "checks: trades_conserved ok, volume_conserved ok, ohlc_consistent ok, bars_inside_day ok, " \
-               "trade_ids_contiguous ok" in output
-        assert re.search(r"live: [\d,]+ trades and \d+ minute bars in InfluxDB", output), output[-3000:]
-        if attempt == 2:
-            assert "trained in" not in output  # --no-models: no training, no prediction rounds
-            continue
-        # Trained on the three days (one each to train, validate and test), each model against persistence.
-        for name in ("lr", "rf", "gbt", "persistence"):
-            assert re.search(rf"\] +{name}: trained in [\d.]+s on [\d,]+ rows; test RMSE [\d.]+ USD, skill", output)
-        # Two rounds of live predictions: a forecast from every model, then their errors on traded minutes.
-        forecasts = re.findall(r"BTCUSDT \d{4}-\d\d-\d\d: forecast for \d\d:\d\d UTC: lr [\d,.]+, rf [\d,.]+, "
-                               r"gbt [\d,.]+, persistence [\d,.]+", output)
-        assert len(forecasts) == 2, output[-3000:]
-        scored = re.findall(r"\] +(lr|rf|gbt|persistence): live RMSE ([\d.]+) USD over (\d+) minutes", output)
-        assert {name for name, _, _ in scored} == {"lr", "rf", "gbt", "persistence"}, output[-3000:]
-        assert all(float(rmse) > 0 and int(minutes) >= 1 for _, rmse, minutes in scored)
-        demo_runs_in_the_ui(stack)
+    # part, and the first run already showed them): the stack, history and stream steps run a second time.
+    result = run_demo() if attempt == 1 else run_demo("--no-models")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"attempt {attempt}:\n{output[-4000:]}"
+    for service in ("hadoop", "kafka", "influxdb"):
+        assert any(line.startswith("up") and service in line for line in result.stdout.splitlines()), \
+            f"attempt {attempt}: {service} not shown up:\n{result.stdout}"
+    assert "[demo] done" in output
+    assert "bars from 20,000 trades" in output
+    assert "checks: trades_conserved ok, volume_conserved ok, ohlc_consistent ok, bars_inside_day ok, " \
+           "trade_ids_contiguous ok" in output
+    assert re.search(r"live: [\d,]+ trades and \d+ minute bars in InfluxDB", output), output[-3000:]
+    if attempt == 2:
+        assert "trained in" not in output  # --no-models: no training, no prediction rounds
+        return
+    # Trained on the three days (one each to train, validate and test), each model against persistence.
+    for name in ("lr", "rf", "gbt", "persistence"):
+        assert re.search(rf"\] +{name}: trained in [\d.]+s on [\d,]+ rows; test RMSE [\d.]+ USD, skill", output)
+    # Two rounds of live predictions: a forecast from every model, then their errors on traded minutes.
+    forecasts = re.findall(r"BTCUSDT \d{4}-\d\d-\d\d: forecast for \d\d:\d\d UTC: lr [\d,.]+, rf [\d,.]+, "
+                           r"gbt [\d,.]+, persistence [\d,.]+", output)
+    assert len(forecasts) == 2, output[-3000:]
+    scored = re.findall(r"\] +(lr|rf|gbt|persistence): live RMSE ([\d.]+) USD over (\d+) minutes", output)
+    assert {name for name, _, _ in scored} == {"lr", "rf", "gbt", "persistence"}, output[-3000:]
+    assert all(float(rmse) > 0 and int(minutes) >= 1 for _, rmse, minutes in scored)
+    demo_runs_in_the_ui(stack)
+
+
+# --- the live path the demo left running, supervised by the stack's daemon -------------------------------------
+
+RESTART_RUNS = """
+{ runsOrError(filter: {pipelineName: "restart_stream_job"}, limit: 20) {
+    ... on Runs { results { runId status creationTime tags { key value } } } } }"""
+SCHEDULE_RUNS = """
+{ runsOrError(filter: {tags: [{key: "dagster/schedule_name", value: "price_predictions_schedule"}]}, limit: 5) {
+    ... on Runs { results { runId status creationTime } } } }"""
+CHECK_EXECUTIONS = """
+query($path: [String!]!, $check: String!) {
+  assetCheckExecutions(assetKey: {path: $path}, checkName: $check, limit: 1) {
+    status timestamp evaluation { success description }
+  }
+}"""
+HEALTHY_SECONDS = 300  # the issue's "no restart for 5 minutes"
+RESTART_WITHIN = 180  # "within 3 minutes the daemon has launched the restart"
+
+
+def restart_runs(url: str) -> dict[str, dict]:
+    runs = graphql(url, RESTART_RUNS)["runsOrError"]["results"]
+    return {run["runId"]: {**run, "tags": {tag["key"]: tag["value"] for tag in run["tags"]}} for run in runs}
+
+
+def latest_check(url: str, asset: str, check: str) -> dict | None:
+    executions = graphql(url, CHECK_EXECUTIONS, {"path": [asset], "check": check})["assetCheckExecutions"]
+    return executions[0] if executions else None
+
+
+def influx_scalar(reader, flux: str) -> int | None:
+    rows = reader.query(flux)
+    return None if not rows else int(rows[0]["_value"])
+
+
+def newest(reader, measurement: str, since: float) -> float | None:
+    rows = reader.query(f'from(bucket: "{reader.bucket}") |> range(start: {int(since)})'
+                        f' |> filter(fn: (r) => r._measurement == "{measurement}")'
+                        ' |> keep(columns: ["_time"]) |> group() |> max(column: "_time")')
+    return rows[0]["_time"].timestamp() if rows else None
+
+
+def wait(condition, timeout: float, what: str, every: float = 5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"{what}: not within {timeout:.0f}s")
+
+
+def emulator_control(path: str, method: str = "GET") -> dict:
+    import requests
+
+    port = os.environ["BTC_STACK_BINANCE_EMULATOR_PORT"]
+    response = requests.request(method, f"http://127.0.0.1:{port}/control/{path}", timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def test_daemon_supervises_the_live_stream(live_demo, stack, resources, browser):
+    """Under the stack's daemon, with the health sensor and the prediction schedule switched on (by the fixture,
+    before the second demo run): 5 healthy minutes with no restart, checks green, predictions written; then the
+    Spark job and the producer SIGKILLed together, each restarted by a run the sensor requested; every trade
+    the emulator made in InfluxDB exactly once."""
+    from btc_assets import config
+    from btc_assets.contracts import schema
+
+    if live_demo.failure is not None or live_demo.switched_on is None:
+        pytest.fail(f"the demo failed, so there is no live path to supervise: {live_demo.failure}")
+    url = stack.services["dagster"].url
+    services = stream_services(stack.paths.state_dir)
+    assert all(services.processes[name].is_running() for name in ("binance-emulator", "producer", "spark-job"))
+    reader = resources["influx"].reader()
+    switched_on = live_demo.switched_on
+    before = {run_id for run_id, run in restart_runs(url).items() if run["creationTime"] < switched_on}
+
+    # Healthy: no restart for 5 minutes (the second demo run among them), the checks green, and the
+    # schedule's run writes predictions.
+    predicted = None
+    while True:
+        new = {run_id: run for run_id, run in restart_runs(url).items() if run_id not in before}
+        assert not new, f"restarts requested while healthy: {[run['tags'].get('reason') for run in new.values()]}"
+        runs = graphql(url, SCHEDULE_RUNS)["runsOrError"]["results"]
+        assert all(run["status"] != "FAILURE" for run in runs), runs
+        if predicted is None and any(run["status"] == "SUCCESS" and run["creationTime"] >= switched_on for run in runs):
+            predicted = time.time()
+        if time.time() - switched_on >= HEALTHY_SECONDS and predicted is not None:
+            break
+        assert time.time() - switched_on < HEALTHY_SECONDS + 420, "no price_predictions_schedule run succeeded"
+        time.sleep(10)
+    from btc_localstack.dagster import switch
+
+    assert switch(url, "price_predictions_schedule", on=False, kind="schedule") == "STOPPED"
+    for asset, check in (("live_trades", "stream_healthy"), ("live_bars", "bars_fresh")):
+        latest = latest_check(url, asset, check)
+        assert latest and latest["timestamp"] >= switched_on, (asset, latest)
+        assert latest["status"] == "SUCCEEDED" and latest["evaluation"]["success"], (asset, latest)
+    for symbol in config.symbols():
+        for model in ("lr", "rf", "gbt"):
+            # a prediction point is stamped with the minute it predicts: one after the schedule was switched on
+            points = influx_scalar(reader, (
+                f'from(bucket: "{reader.bucket}") |> range(start: {int(switched_on)}, stop: 2100-01-01T00:00:00Z)'
+                f' |> filter(fn: (r) => r._measurement == "{schema.PREDICTIONS_MEASUREMENT}" and r.{schema.SYMBOL_TAG} == '
+                f'"{symbol}" and r.{schema.MODEL_TAG} == "{model}") |> group() |> count()'))
+            assert points, f"no {model} prediction for {symbol} after the schedule was switched on"
+    shots = stack.paths.state_dir / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(f"{url}/assets/live_trades?view=checks", wait_until="networkidle")
+    page.get_by_text("stream_healthy").first.wait_for(timeout=60_000)
+    page.screenshot(path=str(shots / "06-live-checks-green.png"), full_page=True)
+    page.close()
+
+    # SIGKILL the Spark job and the producer: the sensor requests a restart of each, the daemon runs them (with the
+    # arguments each was started with: the producer comes back on the emulator), the stream flows again.
+    pids = {component: services.processes[component].pid() for component in ("spark-job", "producer")}
+    for pid in pids.values():
+        os.kill(pid, signal.SIGKILL)
+    killed = time.time()
+    restarts = wait(lambda: (lambda found: found if set(found) == set(pids) else None)(
+                        {run["tags"].get("component"): run for run_id, run in restart_runs(url).items()
+                         if run_id not in before}),
+                    RESTART_WITHIN, "the daemon launching a restart of both SIGKILLed components")
+    for component, restart in restarts.items():
+        assert restart["creationTime"] - killed <= RESTART_WITHIN, restart
+        wait(lambda: restart_runs(url)[restart["runId"]]["status"] in ("SUCCESS", "FAILURE"), 240,
+             f"the restart run of {component}")
+        assert restart_runs(url)[restart["runId"]]["status"] == "SUCCESS", restart
+        assert services.processes[component].pid() not in (None, pids[component])
+    # Flowing again: trades newer than the kill, and a bar of a minute after it.
+    wait(lambda: (newest(reader, schema.TRADES_MEASUREMENT, killed - 600) or 0) >= killed + 5, 240,
+         "new trades after the producer's restart")
+    wait(lambda: (newest(reader, schema.BARS_MEASUREMENT, killed - 600) or 0) >= (killed // 60 + 1) * 60, 240,
+         "new bars after the Spark job's restart")
+    switch(url, "stream_health_sensor", on=False)
+
+    # Exactly once: the market paused, every id from the first the stream took to the emulator's last is in
+    # InfluxDB once (ids go up by one per trade), across both kills.
+    emulator_control("pause", "POST")
+    ids = emulator_control("stats")["ids"]
+    since = int(live_demo.started) - 3600
+    for symbol in config.symbols():
+        first_made, last = ids[symbol]
+        where = (f'from(bucket: "{reader.bucket}") |> range(start: {since})'
+                 f' |> filter(fn: (r) => r._measurement == "{schema.TRADES_MEASUREMENT}" and r.{schema.SYMBOL_TAG} == '
+                 f'"{symbol}" and r._field == "trade_id" and r._value >= {first_made} and r._value <= {last}) |> group()')
+        first = influx_scalar(reader, where + " |> min()")
+        assert first is not None, f"{symbol}: none of the emulator's trades in InfluxDB"
+        expected = last - first + 1
+        wait(lambda: (influx_scalar(reader, where + " |> count()") or 0) >= expected, 180,
+             f"{symbol}: all {expected:,} trades {first}..{last} in InfluxDB")
+        assert influx_scalar(reader, where + " |> count()") == expected
+        assert influx_scalar(reader, where + " |> distinct() |> count()") == expected
+        print(f"\n[supervision] {symbol}: {expected:,} trades {first}..{last}, each once in InfluxDB; restarts "
+              + ", ".join(f"{c} launched {r['creationTime'] - killed:.0f}s after the kill" for c, r in restarts.items()))
+    reader.close()

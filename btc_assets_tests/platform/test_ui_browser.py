@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import dagster as dg
-import pytest
 
 from btc_assets.defs.history.assets import raw_trades
 from btc_assets.defs.resources import build_resources
 from btc_localstack.dagster import graphql
 
-CHROMIUM = os.environ.get("BTC_CHROMIUM", "/usr/bin/chromium")
-# As the machine's probe runs it: no sandbox as root, and no background connections to hosts it cannot reach.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 DAY = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 5 * 86_400))  # inside the UI's default 90-day window
 
 NEWEST_RUN = """
@@ -25,19 +18,6 @@ query($partition: String!) {
     ... on Runs { results { runId status assetSelection { path } } }
   }
 }"""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"no Chromium at {CHROMIUM}: `./pipeline test` installs Debian's (as root: apt-get update && "
-                    "apt-get install -y chromium), or set BTC_CHROMIUM to a Chromium binary")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield launched
-        launched.close()
 
 
 def _dismiss_welcome(page) -> None:

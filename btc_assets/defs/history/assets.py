@@ -29,7 +29,9 @@ def day_path(storage, kind: str, symbol: str, day: str) -> str:
 
 @dg.asset(partitions_def=daily_partitions, group_name="history", kinds={"hdfs"},
           # A download that still fails after the client's own retries is tried again later, from scratch.
-          retry_policy=dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS))
+          retry_policy=dg.RetryPolicy(max_retries=config.get_int("BTC_DOWNLOAD_RETRIES"),
+                                      delay=config.get_int("BTC_DOWNLOAD_RETRY_DELAY_SECONDS"),
+                                      backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS))
 def raw_trades(context: dg.AssetExecutionContext, storage: StorageResource,
                binance_history: BinanceHistoryResource, market: MarketResource) -> dg.MaterializeResult:
     """The day's Binance spot trades CSV in HDFS, per symbol, exactly as data.binance.vision publishes it.
@@ -139,9 +141,11 @@ def compute_minute_bars(mapreduce: MapReduceResource, storage, symbol: str, day:
         files=bars.streaming_support_files(), inputs=[storage.url(source)], output=storage.url(staging),
         conf={"mapreduce.job.name": f"minute_bars {symbol} {day}", "mapreduce.job.reduces": "1",
               # LocalJobRunner runs one map task at a time unless told otherwise: use both cores, with
-              # one split per core (not one per 128 MB block, which leaves a lone third split).
-              "mapreduce.local.map.tasks.maximum": str(MAP_SLOTS),
-              "mapreduce.input.fileinputformat.split.minsize": str(-(-status.length // MAP_SLOTS)),
+              # one split per core (not one per 128 MB block, which leaves a lone third split). On YARN
+              # the block-sized splits stand: a map task per block, as many at once as the cluster has room.
+              **({"mapreduce.local.map.tasks.maximum": str(MAP_SLOTS),
+                  "mapreduce.input.fileinputformat.split.minsize": str(-(-status.length // MAP_SLOTS))}
+                 if mapreduce.framework == "local" else {}),
               # The combining mapper emits ~1,440 lines: a small sort buffer is plenty.
               "mapreduce.task.io.sort.mb": "16",
               # The client polls for progress/completion every 1 s/5 s by default: a second lost per job.

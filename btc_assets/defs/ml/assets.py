@@ -77,6 +77,8 @@ class PriceModelsConfig(dg.Config):
     gbt_max_depth: int = Field(7, description="gradient-boosted trees: depth (original: 7)")
     gbt_max_bins: int = Field(128, description="gradient-boosted trees: bins per feature (original: 128)")
     gbt_step_size: float = Field(0.1, description="gradient-boosted trees: learning rate")
+    gbt_implementation: str = Field("xgboost", description="gradient-boosted trees: 'xgboost' "
+                                    "(xgboost.spark, one native fit) or 'spark' (pyspark.ml GBTRegressor)")
     seed: int = Field(42, description="random seed of the trees (and of the seed replication's 80/20 split)")
     seed_replication: bool = Field(False, description="also train the original setup (seed features -> avg_price, "
                                                       "random 80/20 split) and report its metrics beside")
