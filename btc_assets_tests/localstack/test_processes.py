@@ -42,3 +42,26 @@ def test_a_pid_file_naming_another_program_is_left_alone(tmp_path):
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_a_stream_service_restarted_elsewhere_keeps_its_launch_arguments(tmp_path):
+    """The health sensor's restart run is another process: the service comes back with the arguments and
+    environment it was first started with (a producer on an emulator's URLs stays on them)."""
+    from btc_assets.stream.services import StreamServices
+
+    sleeper = ["-c", "import sys, time; time.sleep(60)"]
+    first = StreamServices(tmp_path, extra={"sleeper": sleeper})
+    pid = first.start("sleeper", ["--marker", "one"], env={"BTC_BINANCE_WS_URL": "ws://127.0.0.1:1"})
+    try:
+        again = StreamServices(tmp_path, extra={"sleeper": sleeper})  # as a run in another process builds it
+        new_pid = again.restart("sleeper")
+        assert new_pid != pid
+        process = psutil.Process(new_pid)
+        assert process.cmdline()[-2:] == ["--marker", "one"]
+        assert process.environ()["BTC_BINANCE_WS_URL"] == "ws://127.0.0.1:1"
+        # Explicit arguments still win.
+        newest = again.restart("sleeper", ["--marker", "two"], env={})
+        assert psutil.Process(newest).cmdline()[-2:] == ["--marker", "two"]
+        assert psutil.Process(newest).environ().get("BTC_BINANCE_WS_URL") != "ws://127.0.0.1:1"
+    finally:
+        StreamServices(tmp_path, extra={"sleeper": sleeper}).stop("sleeper", kill=True)
