@@ -88,20 +88,42 @@ def _require_kafka_python() -> None:
 
 
 class KafkaService(Service):
-    """Single-node KRaft Kafka (combined broker + controller) bound to 127.0.0.1."""
+    """A KRaft Kafka node (combined broker + controller) bound to 127.0.0.1.
+
+    Alone (``quorum`` None) it is the local stack's single node, ``kafka``, on BTC_STACK_KAFKA_PORT.
+    In a quorum (``[(node_id, port, controller_port), ...]``, see ``KafkaCluster``) it is ``kafka-<id>``,
+    one voter of the controller quorum, with the cluster's replication defaults."""
 
     name = "kafka"
 
-    def __init__(self, paths: StackPaths):
+    def __init__(self, paths: StackPaths, *, node_id: int = NODE_ID,
+                 quorum: list[tuple[int, int, int]] | None = None):
+        self.node_id = node_id
+        self.quorum = quorum
+        if quorum is not None:
+            self.name = f"kafka-{node_id}"
         super().__init__(paths)
         self.version = kafka_version()
-        self.port = env_port("BTC_STACK_KAFKA_PORT", 9092, component="kafka")
-        self.controller_port = env_port("BTC_STACK_KAFKA_CONTROLLER_PORT", 9093, component="kafka")
+        if quorum is None:
+            self.port = env_port("BTC_STACK_KAFKA_PORT", 9092, component="kafka")
+            self.controller_port = env_port("BTC_STACK_KAFKA_CONTROLLER_PORT", 9093, component="kafka")
+        else:
+            self.port, self.controller_port = next((p, c) for n, p, c in quorum if n == node_id)
         if self.port == self.controller_port:
             raise StackError(f"kafka: BTC_STACK_KAFKA_PORT and BTC_STACK_KAFKA_CONTROLLER_PORT are both "
                              f"{self.port}; give the controller another port")
         self.auto_create_topics = _env_flag("BTC_STACK_KAFKA_AUTO_CREATE_TOPICS", False)
-        self.process = ManagedProcess("kafka", self.state)
+        self.process = ManagedProcess(self.name, self.state)
+
+    @property
+    def cache(self) -> Path:
+        path = self.paths.cache_dir / "kafka"  # every node runs the same jars
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def replication(self) -> int:
+        return 1 if self.quorum is None else min(3, len(self.quorum))
 
     # ----------------------------------------------------------------------------- paths
     @property
@@ -122,7 +144,8 @@ class KafkaService(Service):
 
     @property
     def cluster_id_file(self) -> Path:
-        return self.state / "cluster.id"
+        # A quorum's nodes are formatted with one cluster id.
+        return self.state / "cluster.id" if self.quorum is None else self.paths.state_dir / "kafka-cluster.id"
 
     @property
     def server_log(self) -> Path:
@@ -140,9 +163,14 @@ class KafkaService(Service):
             raise StackError(f"kafka: {self.lib_dir} holds no kafka_2.13 jar; delete it and provision again")
 
     def start(self) -> None:
+        if self.launch():
+            self.wait_ready()
+
+    def launch(self) -> bool:
+        """Start the JVM without waiting for it to serve (a quorum's nodes wait for each other); False if running."""
         if self.is_running():
             progress(self.name, f"already running (pid {self.process.pid()}) on {self.bootstrap_servers}")
-            return
+            return False
         ensure_port_free(HOST, self.port, component=self.name, variable="BTC_STACK_KAFKA_PORT")
         ensure_port_free(HOST, self.controller_port, component=self.name,
                          variable="BTC_STACK_KAFKA_CONTROLLER_PORT")
@@ -154,11 +182,15 @@ class KafkaService(Service):
         self.log4j_file.write_text(self._log4j_properties())
         self._format_storage_once(java)
 
-        progress(self.name, f"starting Kafka {self.version} (KRaft, node {NODE_ID}) on {self.bootstrap_servers}")
-        began = time.monotonic()
+        progress(self.name, f"starting Kafka {self.version} (KRaft, node {self.node_id}) on {self.bootstrap_servers}")
+        self._began = time.monotonic()
         self.process.start([str(java), *JVM_HEAP, *JVM_OPTS, *self._log_opts(), "-cp", self._classpath(),
                             BROKER_MAIN, str(self.config_file)],
                            env=self._java_env(), cwd=self.state)
+        return True
+
+    def wait_ready(self) -> None:
+        began = getattr(self, "_began", time.monotonic())
         try:
             self.process.wait_until(self._ready, component=self.name,
                                     what=f"Kafka broker on {self.bootstrap_servers}", timeout=START_TIMEOUT_S)
@@ -251,15 +283,17 @@ class KafkaService(Service):
             admin.list_topics()
         finally:
             admin.close()
-        return any(int(b.get("broker_id", b.get("node_id", -1))) == NODE_ID for b in brokers)
+        return any(int(b.get("broker_id", b.get("node_id", -1))) == self.node_id for b in brokers)
 
     def _server_properties(self) -> str:
         data = self.data_dir
+        voters = ",".join(f"{n}@{HOST}:{c}" for n, _, c in (self.quorum or [(self.node_id, self.port, self.controller_port)]))
+        rf, isr = self.replication, max(1, self.replication - 1)
         return f"""# Generated by btc_localstack/kafka.py on every start; edits are overwritten.
-# One KRaft node, broker and controller in one JVM, bound to {HOST} only.
+# A KRaft node, broker and controller in one JVM, bound to {HOST} only; {len(self.quorum or [1])} voter(s).
 process.roles=broker,controller
-node.id={NODE_ID}
-controller.quorum.voters={NODE_ID}@{HOST}:{self.controller_port}
+node.id={self.node_id}
+controller.quorum.voters={voters}
 controller.listener.names=CONTROLLER
 listeners=PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}
 advertised.listeners=PLAINTEXT://{HOST}:{self.port}
@@ -272,21 +306,21 @@ log.dirs={data}
 # Topics: explicit creation only (BTC_STACK_KAFKA_AUTO_CREATE_TOPICS=true turns auto-creation on)
 auto.create.topics.enable={str(self.auto_create_topics).lower()}
 num.partitions=3
-default.replication.factor=1
-min.insync.replicas=1
+default.replication.factor={rf}
+min.insync.replicas={isr}
 delete.topic.enable=true
-# One replica per partition: after a SIGKILL there is no other copy to wait for. Kafka 4.1's ELR already
-# re-elects the sole replica (logged as "unclean election"); this makes that explicit.
-unclean.leader.election.enable=true
+# A single node's one replica per partition: after a SIGKILL there is no other copy to wait for (Kafka
+# 4.1's ELR already re-elects it, logged as "unclean election"). With replicas, never lose acked data.
+unclean.leader.election.enable={str(rf == 1).lower()}
 
-# Internal topics on a single node: replication factor 1, fewer partitions than the default 50
-offsets.topic.replication.factor=1
+# Internal topics: replicated like the data, fewer partitions than the default 50
+offsets.topic.replication.factor={rf}
 offsets.topic.num.partitions=10
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+transaction.state.log.replication.factor={rf}
+transaction.state.log.min.isr={isr}
 transaction.state.log.num.partitions=10
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+share.coordinator.state.topic.replication.factor={rf}
+share.coordinator.state.topic.min.isr={isr}
 group.initial.rebalance.delay.ms=0
 
 # Retention: 7 days or 1 GiB per partition, whichever comes first; 128 MiB segments
@@ -341,3 +375,58 @@ logger.request.level = WARN
 logger.requestchannel.name = kafka.network.RequestChannel$
 logger.requestchannel.level = WARN
 """
+
+
+class KafkaCluster(Service):
+    """``nodes`` KRaft nodes on one machine (the cluster topology): each a broker and one voter of the
+    controller quorum, its own directory under ``<state>/kafka-<id>`` and ports ``base + 2(i-1)`` (client)
+    and one above (controller); topics replicated ``min(3, nodes)`` times with ``min.insync.replicas`` one
+    less. The nodes start together (a quorum needs a majority to elect a leader) and stop in reverse."""
+
+    name = "kafka"
+
+    def __init__(self, paths: StackPaths, nodes: int = 3, base_port: int | None = None):
+        super().__init__(paths)
+        if nodes < 1:
+            raise StackError(f"kafka: a cluster needs at least one node, not {nodes}")
+        base = base_port or env_port("BTC_STACK_KAFKA_PORT", 29092, component="kafka")
+        quorum = [(node, base + 2 * (node - 1), base + 2 * (node - 1) + 1) for node in range(1, nodes + 1)]
+        self.nodes = [KafkaService(paths, node_id=node, quorum=quorum) for node, _, _ in quorum]
+
+    @property
+    def cache(self) -> Path:
+        return self.nodes[0].cache
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return ",".join(node.bootstrap_servers for node in self.nodes)
+
+    def node(self, node_id: int) -> KafkaService:
+        return next(node for node in self.nodes if node.node_id == node_id)
+
+    def provision(self) -> None:
+        self.nodes[0].provision()
+
+    def start(self) -> None:
+        launched = [node for node in self.nodes if node.launch()]
+        for node in launched:
+            node.wait_ready()
+
+    def stop(self, *, kill: bool = False) -> None:
+        for node in reversed(self.nodes):
+            node.stop(kill=kill)
+
+    def is_running(self) -> bool:
+        return all(node.is_running() for node in self.nodes)
+
+    def status(self) -> dict[str, object]:
+        return {"running": self.is_running(), "bootstrap_servers": self.bootstrap_servers,
+                "replication": self.nodes[0].replication,
+                "nodes": {node.name: node.status() for node in self.nodes}}
+
+    def env(self) -> dict[str, str]:
+        return {"BTC_KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
+                "BTC_KAFKA_REPLICATION": str(self.nodes[0].replication)}
+
+    def log_files(self) -> list[Path]:
+        return [path for node in self.nodes for path in node.log_files()]
