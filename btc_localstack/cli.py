@@ -234,7 +234,9 @@ def _reader(stack):
 
 
 def demo_live(stack, timeout_s: float = 300.0, warmup_minutes: float = 0.0) -> int:
-    """Start the live path on the emulator and wait until its trades and minute bars are in InfluxDB."""
+    """Start the live path on the emulator and wait until its trades and minute bars are in InfluxDB and the
+    producer and the Spark job have both sent a heartbeat since this start."""
+    from btc_assets.stream.health import PRODUCER_COMPONENT, newest_time
     from btc_localstack.streams import start_live, stream_services
 
     stack.apply_env()
@@ -243,7 +245,13 @@ def demo_live(stack, timeout_s: float = 300.0, warmup_minutes: float = 0.0) -> i
     reader = _reader(stack)
     warmup = f", opening {warmup_minutes:.0f} minutes in the past" if warmup_minutes else ""
     progress("demo", f"live: Binance emulator (300 trades/s{warmup}) -> producer -> Kafka -> Spark -> InfluxDB …")
+    started = time.time()
     start_live(services, emulator_rate=300.0, warmup_minutes=warmup_minutes)
+
+    def beating(component: str) -> bool:
+        """A heartbeat written since this start: the data of a stream that ran before does not count."""
+        newest = newest_time(reader, schema.HEALTH_MEASUREMENT, "-10m", component=component)
+        return newest is not None and newest >= started
 
     def count(measurement: str) -> int:
         rows = reader.query(f'from(bucket: "{reader.bucket}") |> range(start: -15m)\n'
@@ -256,7 +264,7 @@ def demo_live(stack, timeout_s: float = 300.0, warmup_minutes: float = 0.0) -> i
     try:
         while time.monotonic() < deadline:
             trades, bars = count(schema.TRADES_MEASUREMENT), count(schema.BARS_MEASUREMENT)
-            if trades and bars:
+            if trades and bars and beating(PRODUCER_COMPONENT) and beating("spark"):
                 progress("demo", f"    live: {trades:,} trades and {bars} minute bars in InfluxDB (last 15 min); "
                                  "the stream keeps running (`btc-pipeline stream stop`)")
                 return 0

@@ -4,6 +4,7 @@
     seconds_since_bar      now - the newest `bars_1m` point in InfluxDB
     seconds_since_health   now - the newest `pipeline_health` point the Spark job wrote (its heartbeat)
     seconds_since_producer now - the newest `pipeline_health` point of the producer (its heartbeat)
+    seconds_since_bars_batch now - the bars query's newest committed micro-batch (its checkpoint's commits/)
     newest_trade_age       the producer's own word: seconds since the newest trade it wrote to Kafka
                            (a silent WebSocket: connected, heartbeating, but no trades)
 
@@ -23,6 +24,7 @@ from dataclasses import asdict, dataclass
 from btc_assets.contracts import schema
 
 BAR_SECONDS = 60  # a bars_1m point is stamped with its minute's start
+BARS_CHECKPOINT = "bars"  # the Spark job's bars query, beside its trades query's checkpoint
 PRODUCER_COMPONENT = "producer"  # the producer's pipeline_health component tag (btc_assets.stream.producer)
 
 
@@ -36,6 +38,7 @@ class StreamHealth:
     last_bar_time: str | None
     seconds_since_producer: float | None = None
     newest_trade_age: float | None = None
+    seconds_since_bars_batch: float | None = None  # the bars query's newest committed micro-batch
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -47,7 +50,10 @@ class StreamHealth:
         if self.seconds_since_health > stall_seconds:
             return f"no Spark job pipeline_health heartbeat for {self.seconds_since_health:.0f}s (> {stall_seconds:.0f}s)"
         # A bar's time is its minute's start: a healthy stream's newest bar is up to a minute (and a bars trigger) old.
-        if self.lag and (self.seconds_since_bar is None or self.seconds_since_bar > stall_seconds + BAR_SECONDS):
+        # A stream catching up on a backlog writes bars of past minutes: its bars query still commits batches.
+        catching_up = self.seconds_since_bars_batch is not None and self.seconds_since_bars_batch <= stall_seconds
+        if self.lag and not catching_up and (self.seconds_since_bar is None
+                                             or self.seconds_since_bar > stall_seconds + BAR_SECONDS):
             return (f"{self.lag} records waiting in Kafka but the newest bar started {self.seconds_since_bar}s ago "
                     f"(> {stall_seconds + BAR_SECONDS:.0f}s)")
         return None
@@ -66,6 +72,15 @@ class StreamHealth:
         """component -> why it needs a restart, for every component that does."""
         found = {"producer": self.producer_problem(stall_seconds), "spark-job": self.problem(stall_seconds)}
         return {component: reason for component, reason in found.items() if reason}
+
+
+def newest_commit_age(fs, checkpoint: str, now: float) -> float | None:
+    """Seconds since the checkpoint's newest committed batch (None before the first one)."""
+    if not fs.exists(f"{checkpoint}/commits"):
+        return None
+    times = [status.modification_ms for status in fs.list(f"{checkpoint}/commits")
+             if status.path.rsplit("/", 1)[-1].isdigit()]
+    return round(now - max(times) / 1000.0, 1) if times else None
 
 
 def checkpoint_offsets(fs, checkpoint: str) -> dict[str, dict[int, int]] | None:
@@ -119,6 +134,7 @@ def measure(*, end_offsets: dict[str, dict[int, int]], fs, checkpoint: str, infl
     last_health = newest_time(influx, schema.HEALTH_MEASUREMENT, component="spark")
     last_producer = newest_time(influx, schema.HEALTH_MEASUREMENT, "-1h", component=PRODUCER_COMPONENT)
     trade_age = newest_field(influx, PRODUCER_COMPONENT, "newest_trade_age_s") if last_producer else None
+    bars_checkpoint = checkpoint.rstrip("/").rsplit("/", 1)[0] + "/" + BARS_CHECKPOINT
     return StreamHealth(
         end_offsets=end_total, processed_offsets=processed_total,
         lag=None if processed_total is None else max(0, end_total - processed_total),
@@ -127,4 +143,5 @@ def measure(*, end_offsets: dict[str, dict[int, int]], fs, checkpoint: str, infl
         last_bar_time=None if last_bar is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last_bar)),
         seconds_since_producer=None if last_producer is None else round(now - last_producer, 1),
         # The heartbeat's age of the newest trade, grown by the heartbeat's own age; -1: no trade yet.
-        newest_trade_age=None if trade_age is None or trade_age < 0 else round(trade_age + (now - last_producer), 1))
+        newest_trade_age=None if trade_age is None or trade_age < 0 else round(trade_age + (now - last_producer), 1),
+        seconds_since_bars_batch=newest_commit_age(fs, bars_checkpoint, now))

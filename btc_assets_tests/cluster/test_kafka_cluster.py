@@ -31,7 +31,7 @@ def cluster():
     from btc_localstack.kafka import KafkaCluster
 
     paths = StackPaths(cache_dir=StackPaths.from_env().cache_dir,
-                       state_dir=Path(test_stack_dir() + "-cluster").resolve())
+                       state_dir=(Path(test_stack_dir()) / "cluster-topology").resolve())
     kafka = KafkaCluster(paths, nodes=3, base_port=BASE_PORT)
     kafka.provision()
     kafka.start()

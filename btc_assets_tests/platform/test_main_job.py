@@ -7,8 +7,10 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -28,10 +30,29 @@ SHOWN = {"raw_trades": "rows", "minute_bars": "trades_per_second", "gbt_model": 
          "price_predictions": "points_written"}
 
 
-def run_demo(*options: str) -> subprocess.CompletedProcess:
+LIVE_LINE = re.compile(r"live: [\d,]+ trades and \d+ minute bars in InfluxDB")
+
+
+def run_demo(*options: str, on_live=None) -> subprocess.CompletedProcess:
+    """The README's demo command; ``on_live()`` is called as soon as it reports the live path up."""
     # The demo submits to the stack's own instance (DAGSTER_HOME from stack.env: PostgreSQL), as a user's does.
-    return subprocess.run([sys.executable, "-m", "btc_localstack.cli", "demo", "--days", "3", "--trades-per-day", "20000",
-                           *options], cwd=REPO_ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=1800)
+    command = [sys.executable, "-m", "btc_localstack.cli", "demo", "--days", "3", "--trades-per-day", "20000", *options]
+    with tempfile.TemporaryDirectory() as scratch:
+        out, err = Path(scratch, "stdout"), Path(scratch, "stderr")
+        with out.open("w") as stdout, err.open("w") as stderr:
+            process = subprocess.Popen(command, cwd=REPO_ROOT, env=dict(os.environ), stdout=stdout, stderr=stderr,
+                                       text=True)
+            deadline = time.monotonic() + 1800
+            while process.poll() is None:
+                if time.monotonic() > deadline:
+                    process.kill()
+                    process.wait()
+                    break
+                if on_live is not None and LIVE_LINE.search(err.read_text()):
+                    on_live()
+                    on_live = None
+                time.sleep(2)
+        return subprocess.CompletedProcess(command, process.returncode, out.read_text(), err.read_text())
 
 
 @dataclass
@@ -43,20 +64,26 @@ class LiveDemo:
 
 @pytest.fixture(scope="module")
 def live_demo(stack):
-    """The demo run twice, the second time under supervision: after the first run the stack's health sensor
-    and prediction schedule are switched on (as `btc-pipeline ui --supervise on` does), so the second run's
-    history and stream steps happen inside the supervision test's 5 healthy minutes. The live path the demo
-    leaves running (emulator, producer, Spark job) is stopped after the module's tests."""
+    """The demo run twice, under supervision from the moment the first run's live path is up: then the stack's
+    health sensor and prediction schedule are switched on (as `btc-pipeline ui --supervise on` does), so the
+    first run's prediction rounds and the whole second run happen inside the supervision test's 5 healthy
+    minutes. The live path the demo leaves running (emulator, producer, Spark job) is stopped after the
+    module's tests."""
     from btc_localstack.dagster import switch
 
     demo = LiveDemo(started=time.time())
     url = stack.services["dagster"].url
+
+
+    def supervise() -> None:
+        assert switch(url, "stream_health_sensor", on=True) == "RUNNING"
+        assert switch(url, "price_predictions_schedule", on=True, kind="schedule") == "RUNNING"
+        demo.switched_on = time.time()
+
     try:
         try:
-            demo_attempt(stack, 1)
-            assert switch(url, "stream_health_sensor", on=True) == "RUNNING"
-            assert switch(url, "price_predictions_schedule", on=True, kind="schedule") == "RUNNING"
-            demo.switched_on = time.time()
+            demo_attempt(stack, 1, on_live=supervise)
+            assert demo.switched_on is not None, "the first demo run never reported its live path up"
             demo_attempt(stack, 2)
         except AssertionError as error:
             demo.failure = str(error)
@@ -83,10 +110,10 @@ def demo_runs_in_the_ui(stack) -> None:
         assert graphql(url, RUN_STATUS, {"id": latest["runId"]})["runOrError"]["status"] == "SUCCESS", asset
 
 
-def demo_attempt(stack, attempt: int) -> None:
+def demo_attempt(stack, attempt: int, on_live=None) -> None:
     # The whole demo once; then again without the models (their training and two prediction rounds are the slow
     # part, and the first run already showed them): the stack, history and stream steps run a second time.
-    result = run_demo() if attempt == 1 else run_demo("--no-models")
+    result = run_demo(on_live=on_live) if attempt == 1 else run_demo("--no-models", on_live=on_live)
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"attempt {attempt}:\n{output[-4000:]}"
     for service in ("hadoop", "kafka", "influxdb"):
@@ -96,7 +123,7 @@ def demo_attempt(stack, attempt: int) -> None:
     assert "bars from 20,000 trades" in output
     assert "checks: trades_conserved ok, volume_conserved ok, ohlc_consistent ok, bars_inside_day ok, " \
            "trade_ids_contiguous ok" in output
-    assert re.search(r"live: [\d,]+ trades and \d+ minute bars in InfluxDB", output), output[-3000:]
+    assert LIVE_LINE.search(output), output[-3000:]
     if attempt == 2:
         assert "trained in" not in output  # --no-models: no training, no prediction rounds
         return

@@ -101,3 +101,21 @@ def test_healthy_stream_is_observed_and_a_stopped_one_restarted(stack, spark, mo
     assert "WebSocket is silent" in requested(silent)["producer"]
     for step in case.cleanup:
         step()
+
+
+def test_a_stream_catching_up_on_a_backlog_is_not_stalled():
+    """Lag and an old newest bar mean a stall only when the bars query has stopped committing batches too:
+    a job working through a backlog writes bars of past minutes."""
+    from btc_assets.stream.health import StreamHealth
+
+    def health(bars_batch_age):
+        return StreamHealth(end_offsets=50_000, processed_offsets=30_000, lag=20_000, seconds_since_bar=400.0,
+                            seconds_since_health=3.0, last_bar_time="2026-12-02T00:00:00Z",
+                            seconds_since_producer=2.0, newest_trade_age=1.0, seconds_since_bars_batch=bars_batch_age)
+
+    assert health(5.0).problems(45) == {}
+    assert "records waiting in Kafka" in health(200.0).problems(45)["spark-job"]
+    assert "records waiting in Kafka" in health(None).problems(45)["spark-job"]
+    caught_up = StreamHealth(end_offsets=50_000, processed_offsets=50_000, lag=0, seconds_since_bar=400.0,
+                             seconds_since_health=3.0, last_bar_time=None, seconds_since_bars_batch=None)
+    assert "spark-job" not in caught_up.problems(45)
