@@ -1,7 +1,7 @@
 """The cluster topology's Kafka: 3 KRaft nodes (each a broker and a controller voter) on one machine.
 
 Trade topics are replicated 3 times with min.insync.replicas=2; the producer writes with acks=all
-(idempotent). The broker leading a trade partition is SIGKILLed mid-stream and restarted 60 s later:
+(idempotent). The broker leading a trade partition is SIGKILLed mid-stream and restarted 30 s later:
 every acknowledged message is there exactly once, and the test reports the longest time without an
 acknowledgement during the failover.
 """
@@ -22,7 +22,7 @@ from btc_assets_tests.conftest import test_stack_dir
 
 BASE_PORT = 39092  # nodes on 39092/39093, 39094/39095, 39096/39097 (never a user's 29092 cluster topology)
 RATE = 1_000  # messages per second while the leader is killed
-RESTART_AFTER_S = 60
+RESTART_AFTER_S = 30  # long enough for the partitions to move to the survivors and the producer to follow
 
 
 @pytest.fixture(scope="module")
@@ -84,13 +84,13 @@ def test_three_brokers_replicate_and_survive_the_leader_killed(cluster, unique):
 
     thread = threading.Thread(target=feed, daemon=True)
     thread.start()
-    time.sleep(10)
+    time.sleep(5)
     victim = cluster.node(leader_of(bootstrap, topic, 0))
     killed_at = time.monotonic()
     victim.process.stop(kill=True)
     time.sleep(RESTART_AFTER_S)
     victim.start()
-    time.sleep(10)
+    time.sleep(5)
     stop.set()
     thread.join()
     producer.flush(timeout=120)
