@@ -28,6 +28,15 @@ def _tail(path: Path, lines: int) -> str:
         return ""
 
 
+def start_ticks(pid: int) -> int | None:
+    """When the process started, in clock ticks since boot (``/proc/<pid>/stat`` field 22; Linux), else None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class ManagedProcess:
     """A background daemon with a pid file (pid and start time) and a log file under a state directory."""
 
@@ -37,11 +46,12 @@ class ManagedProcess:
         self.pid_file = directory / f"{name}.pid"
         self.log_file = directory / f"{name}.log"
 
-    def _recorded(self) -> tuple[int, float] | None:
+    def _recorded(self) -> tuple[int, float, int | None] | None:
         try:
             record = json.loads(self.pid_file.read_text())
-            return int(record["pid"]), float(record["started"])
-        except (OSError, ValueError, KeyError, TypeError):
+            ticks = record.get("start_ticks")
+            return int(record["pid"]), float(record["started"]), None if ticks is None else int(ticks)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None  # no file, or an old bare-pid file: nothing is known to be ours
 
     def process(self) -> psutil.Process | None:
@@ -49,10 +59,16 @@ class ManagedProcess:
         recorded = self._recorded()
         if recorded is None:
             return None
-        pid, started = recorded
+        pid, started, ticks = recorded
         try:
             process = psutil.Process(pid)
-            if abs(process.create_time() - started) > 0.05:
+            # The kernel's start time in clock ticks since boot, when known: a wall-clock start time moves
+            # with every step of the system clock, and a process judged "not ours" would never be stopped.
+            now_ticks = start_ticks(pid)
+            if ticks is not None and now_ticks is not None:
+                if now_ticks != ticks:
+                    return None  # the pid was reused by another program
+            elif abs(process.create_time() - started) > 0.05:
                 return None  # the pid was reused by another program
             if process.status() == psutil.STATUS_ZOMBIE:
                 # Our own exited child stays a zombie until reaped. Only waitpid tells "exited" reliably:
@@ -88,7 +104,8 @@ class ManagedProcess:
                                     env=env, cwd=cwd, start_new_session=True)
         started = psutil.Process(proc.pid).create_time()
         tmp = self.pid_file.with_suffix(".pid.tmp")
-        tmp.write_text(json.dumps({"pid": proc.pid, "started": started, "command": cmd[:3]}))
+        tmp.write_text(json.dumps({"pid": proc.pid, "started": started, "start_ticks": start_ticks(proc.pid),
+                                   "command": cmd[:3]}))
         tmp.rename(self.pid_file)
         return proc.pid
 
