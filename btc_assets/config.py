@@ -74,6 +74,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BTC_SPARK_PACKAGES", "", "Maven coordinates Spark resolves itself at start (cluster profile), e.g. "
             "`org.apache.spark:spark-sql-kafka-0-10_2.13:4.3.0`"),
     Setting("BTC_SPARK_IVY_DIR", "<cache>/ivy", "where Spark caches the resolved packages"),
+    Setting("BTC_SPARK_PYTHON", "", "the Python executors run Python tasks with (`spark.pyspark.python`; XGBoost "
+            "training needs xgboost, numpy and pandas there); empty: this interpreter in local mode, the nodes' "
+            "`python3` on a cluster"),
+    Setting("BTC_SPARK_EXECUTOR_MEMORY", "1g", "executor heap on a cluster master"),
+    Setting("BTC_SPARK_CORES_MAX", "", "most cores one application takes from a standalone master (empty: all "
+            "it offers; the streaming job holds its cores for as long as it runs)"),
     # InfluxDB
     Setting("BTC_INFLUX_URL", "http://127.0.0.1:8086", "InfluxDB 2 URL"),
     Setting("BTC_INFLUX_ORG", "btc", "InfluxDB organisation"),

@@ -40,10 +40,10 @@ class StackPaths:
     state_dir: Path
 
     @classmethod
-    def from_env(cls) -> "StackPaths":
+    def from_env(cls, default_state: str = ".local-stack") -> "StackPaths":
         # An empty variable counts as unset (the config defaults set placeholders to "").
         cache = Path(os.environ.get("BTC_CACHE_DIR") or Path.home() / ".cache" / "btc-pipeline")
-        state = Path(os.environ.get("BTC_STACK_DIR") or REPO_ROOT / ".local-stack")
+        state = Path(os.environ.get("BTC_STACK_DIR") or REPO_ROOT / default_state)
         return cls(cache_dir=cache.expanduser().resolve(), state_dir=state.expanduser().resolve())
 
     def service_dir(self, name: str) -> Path:
@@ -91,14 +91,14 @@ def _tail(path: Path, lines: int) -> str:
         return ""
 
 
-def maven_resolve(pom: Path, dest: Path, *, component: str) -> list[Path]:
+def maven_resolve(pom: Path, dest: Path, *, component: str, parents: tuple[Path, ...] = ()) -> list[Path]:
     """Resolve a pom's dependencies from Maven Central into ``dest`` (a jar directory), once.
 
-    A marker file holding the pom's hash makes this a no-op while the pom is unchanged; the jars are
-    copied to a temporary directory first and renamed into place, so a killed download never leaves a
-    half-filled classpath behind.
+    A marker file holding the hash of the pom (and of the ``parents`` it inherits from) makes this a no-op
+    while they are unchanged; the jars are copied to a temporary directory first and renamed into place,
+    so a killed download never leaves a half-filled classpath behind.
     """
-    digest = hashlib.sha256(pom.read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256(b"".join(path.read_bytes() for path in (pom, *parents))).hexdigest()[:16]
     marker = dest / ".resolved"
     if marker.exists() and marker.read_text().strip() == digest:
         return sorted(dest.glob("*.jar"))

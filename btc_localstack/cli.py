@@ -29,10 +29,10 @@ from btc_assets.processes import ProcessError
 from btc_localstack.base import REPO_ROOT, StackError, progress
 
 
-def _stack():
+def _stack(topology: str = "local"):
     from btc_localstack.manager import LocalStack
 
-    return LocalStack()
+    return LocalStack(topology=topology)
 
 
 ENDPOINT_KEYS = ("namenode", "webhdfs", "bootstrap_servers", "url", "master")
@@ -56,7 +56,7 @@ def print_status(stack, verbose: bool = False) -> bool:
 
 
 def cmd_stack(args) -> int:
-    stack = _stack()
+    stack = _stack(args.topology)
     names = args.services or None
     if args.action == "provision":
         stack.provision(names)
@@ -64,7 +64,7 @@ def cmd_stack(args) -> int:
         stack.up(names)
         print_status(stack)
     elif args.action == "down":
-        if not names:  # the stream services would only crash-loop without their engines
+        if not names and stack.topology == "local":  # the stream services would crash-loop without their engines
             from btc_localstack.streams import stream_services
 
             stream_services(stack.paths.state_dir).stop_all()
@@ -456,7 +456,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     stack = sub.add_parser("stack", help="manage the local engines")
     stack.add_argument("action", choices=["up", "down", "status", "logs", "reset", "provision"])
-    stack.add_argument("services", nargs="*", help="hadoop, kafka, influxdb, spark (default: all)")
+    stack.add_argument("services", nargs="*", help="hadoop, kafka, influxdb, spark, postgres, dagster; with "
+                       "--topology cluster: hadoop, kafka, influxdb, spark, spark-standalone (default: all)")
+    stack.add_argument("--topology", choices=["local", "cluster"], default="local",
+                       help="local: one node of each engine (.local-stack); cluster: 3 Kafka nodes, HDFS with 3 "
+                            "DataNodes, YARN with 2 NodeManagers, Spark standalone with 2 workers "
+                            "(.local-stack-cluster, its own ports; `set -a; . .local-stack-cluster/stack.env` "
+                            "points the pipeline at it)")
     stack.add_argument("--kill", action="store_true", help="down: SIGKILL instead of a clean stop")
     stack.add_argument("--json", action="store_true", help="status: machine-readable")
     stack.add_argument("-v", "--verbose", action="store_true", help="status: every detail (pids, data dirs, logs)")

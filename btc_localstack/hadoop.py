@@ -1,4 +1,9 @@
-"""HDFS (one NameNode, one DataNode, replication 1) and MapReduce (LocalJobRunner) from Maven Central jars.
+"""HDFS and MapReduce from Maven Central jars: the local profile's single node, or the cluster topology.
+
+Local profile: one NameNode, one DataNode (replication 1), MapReduce in the LocalJobRunner. Cluster
+topology (``HadoopTopology.cluster()``): a NameNode, 3 DataNodes (replication 2), and YARN (a
+ResourceManager, 2 NodeManagers, the MapReduce JobHistory server), every daemon a JVM of its own with
+its own ports, directories and configuration directory, all on 127.0.0.1.
 
 No Hadoop tarball: ``infra/local/maven/hadoop/pom.xml`` lists the Hadoop artifacts, Maven copies them and
 their dependencies into ``<cache>/hadoop/<version>/lib`` once, and the daemons are started straight with
@@ -20,10 +25,12 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from btc_assets.clients.hadoop_streaming import hadoop_java_command
+from btc_assets.clients.hadoop_streaming import JAVA17_FLAGS, hadoop_java_command
+from btc_assets.clients.jvm import java_home
 from btc_assets.clients.storage import WebHDFS
 
 from .base import (
@@ -43,9 +50,23 @@ HADOOP_VERSION = "3.4.2"
 POM = REPO_ROOT / "infra" / "local" / "maven" / "hadoop" / "pom.xml"
 HOST = "127.0.0.1"
 
+YARN_POM = REPO_ROOT / "infra" / "local" / "maven" / "hadoop-yarn" / "pom.xml"
+
 NAMENODE_CLASS = "org.apache.hadoop.hdfs.server.namenode.NameNode"
 DATANODE_CLASS = "org.apache.hadoop.hdfs.server.datanode.DataNode"
 FSSHELL_CLASS = "org.apache.hadoop.fs.FsShell"
+RESOURCEMANAGER_CLASS = "org.apache.hadoop.yarn.server.resourcemanager.ResourceManager"
+NODEMANAGER_CLASS = "org.apache.hadoop.yarn.server.nodemanager.NodeManager"
+HISTORYSERVER_CLASS = "org.apache.hadoop.mapreduce.v2.hs.JobHistoryServer"
+
+# Container sizes on the cluster topology's NodeManagers (each offers NODEMANAGER_MB and 2 vcores): the
+# MapReduce ApplicationMaster and every map and reduce task get a 512 MB container with a 384 MB heap.
+NODEMANAGER_MB = 2048
+TASK_MB = 512
+TASK_HEAP = "-Xmx384m"
+# A node's processes, as a real node has them: the containers run the node's python3 from its PATH (no
+# pyarrow, no numpy, no project virtualenv), not the interpreter that started the stack.
+NODE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 # (env var, default) of every port the two daemons bind, all on 127.0.0.1.
 PORTS = {
@@ -63,6 +84,40 @@ DATANODE_PORTS = ("datanode_data", "datanode_http", "datanode_ipc")
 def _port(key: str) -> int:
     variable, default = PORTS[key]
     return env_port(variable, default, component="hadoop")
+
+
+@dataclass(frozen=True)
+class HadoopTopology:
+    """How many of each daemon, and where their ports start.
+
+    ``base_port=None`` is the local profile: its ports come from ``PORTS`` (each overridable by its
+    variable). With a base port, the daemons take fixed offsets from it: NameNode +0/+1, DataNode *i*
+    +10+3(i-1) .. +12+3(i-1), ResourceManager +40..+44, NodeManager *i* +50+5(i-1) .., JobHistory +80..+82.
+    """
+
+    datanodes: int = 1
+    nodemanagers: int = 0  # 0: MapReduce runs in the submitting JVM (LocalJobRunner), no YARN
+    replication: int = 1
+    base_port: int | None = None
+
+    @classmethod
+    def cluster(cls, base_port: int = 28020) -> "HadoopTopology":
+        return cls(datanodes=3, nodemanagers=2, replication=2, base_port=base_port)
+
+    @property
+    def yarn(self) -> bool:
+        return self.nodemanagers > 0
+
+    def port(self, key: str, node: int = 1) -> int:
+        if self.base_port is None:
+            return _port(key)
+        offsets = {"namenode_rpc": 0, "namenode_http": 1,
+                   "datanode_data": 10, "datanode_http": 11, "datanode_ipc": 12,
+                   "rm_address": 40, "rm_scheduler": 41, "rm_tracker": 42, "rm_admin": 43, "rm_http": 44,
+                   "nm_address": 50, "nm_localizer": 51, "nm_http": 52, "nm_shuffle": 53, "nm_collector": 54,
+                   "jhs_address": 80, "jhs_http": 81, "jhs_admin": 82}
+        stride = 3 if key.startswith("datanode") else 5 if key.startswith("nm_") else 0
+        return self.base_port + offsets[key] + stride * (node - 1)
 
 
 def _xml_config(properties: dict[str, object]) -> str:
@@ -102,17 +157,29 @@ class HadoopService(Service):
     name = "hadoop"
     version = HADOOP_VERSION
 
-    def __init__(self, paths):
+    def __init__(self, paths, topology: HadoopTopology | None = None):
         super().__init__(paths)
+        self.topology = topology or HadoopTopology()
         self.namenode = ManagedProcess("namenode", self.state)
-        self.datanode = ManagedProcess("datanode", self.state)
+        count = self.topology.datanodes
+        # One DataNode keeps the name its pid file has always had, so a running local stack stays known.
+        self.datanodes = [ManagedProcess("datanode" if count == 1 else f"datanode-{i}", self.state)
+                          for i in range(1, count + 1)]
+        self.resourcemanager = ManagedProcess("resourcemanager", self.state)
+        self.nodemanagers = [ManagedProcess(f"nodemanager-{i}", self.state)
+                             for i in range(1, self.topology.nodemanagers + 1)]
+        self.historyserver = ManagedProcess("historyserver", self.state)
         self._probe_error = ""
+
+    @property
+    def datanode(self) -> ManagedProcess:
+        return self.datanodes[0]
 
     # ---- locations -------------------------------------------------------------------------------
 
     @property
     def lib_dir(self) -> Path:
-        return self.cache / self.version / "lib"
+        return self.cache / self.version / ("yarn-lib" if self.topology.yarn else "lib")
 
     @property
     def classpath(self) -> str:
@@ -126,37 +193,56 @@ class HadoopService(Service):
     def name_dir(self) -> Path:
         return self.state / "name"
 
-    @property
-    def data_dir(self) -> Path:
-        return self.state / "data"
+    def data_dir(self, node: int = 1) -> Path:
+        return self.state / ("data" if self.topology.datanodes == 1 else f"data-{node}")
+
+    def node_conf_dir(self, kind: str, node: int) -> Path:
+        return self.state / f"conf-{kind}-{node}"
+
+    def nodemanager_dir(self, node: int) -> Path:
+        return self.state / f"nodemanager-{node}"
 
     @property
     def streaming_jar(self) -> Path:
         return self.lib_dir / f"hadoop-streaming-{self.version}.jar"
 
+    def _port(self, key: str, node: int = 1) -> int:
+        return self.topology.port(key, node)
+
     @property
     def hdfs_url(self) -> str:
-        return f"hdfs://{HOST}:{_port('namenode_rpc')}"
+        return f"hdfs://{HOST}:{self._port('namenode_rpc')}"
 
     @property
     def webhdfs_url(self) -> str:
-        return f"http://{HOST}:{_port('namenode_http')}"
+        return f"http://{HOST}:{self._port('namenode_http')}"
+
+    @property
+    def resourcemanager_url(self) -> str:
+        return f"http://{HOST}:{self._port('rm_http')}"
+
+    @property
+    def historyserver_url(self) -> str:
+        return f"http://{HOST}:{self._port('jhs_http')}"
 
     # ---- provisioning and config -----------------------------------------------------------------
 
     def provision(self) -> None:
-        if not POM.exists():
-            raise StackError(f"hadoop: {POM} is missing; restore it from git")
-        maven_resolve(POM, self.lib_dir, component=self.name)
+        for pom in (POM, *((YARN_POM,) if self.topology.yarn else ())):
+            if not pom.exists():
+                raise StackError(f"hadoop: {pom} is missing; restore it from git")
+        if self.topology.yarn:
+            maven_resolve(YARN_POM, self.lib_dir, component=self.name, parents=(POM,))
+        else:
+            maven_resolve(POM, self.lib_dir, component=self.name)
         if not self.streaming_jar.exists():
             raise StackError(f"hadoop: {self.streaming_jar} missing after resolution; delete {self.lib_dir} "
                              "and run provision again")
 
-    def write_config(self) -> Path:
-        """(Re)write core-site, hdfs-site, mapred-site and log4j.properties into ``state/conf``."""
-        conf = self.conf_dir
-        conf.mkdir(parents=True, exist_ok=True)
+    def _site(self) -> dict[str, dict[str, object]]:
+        """The configuration every daemon and client shares: core, hdfs, mapred and (cluster) yarn."""
         user = getpass.getuser()
+        topo = self.topology
         core = {
             "fs.defaultFS": self.hdfs_url,
             "hadoop.tmp.dir": str(self.state / "tmp"),
@@ -165,26 +251,18 @@ class HadoopService(Service):
             "hadoop.security.authentication": "simple",
         }
         hdfs = {
-            "dfs.replication": 1,
+            "dfs.replication": topo.replication,
             "dfs.namenode.name.dir": (self.name_dir).as_uri(),
-            "dfs.datanode.data.dir": (self.data_dir).as_uri(),
-            "dfs.namenode.rpc-address": f"{HOST}:{_port('namenode_rpc')}",
-            "dfs.namenode.http-address": f"{HOST}:{_port('namenode_http')}",
+            "dfs.namenode.rpc-address": f"{HOST}:{self._port('namenode_rpc')}",
+            "dfs.namenode.http-address": f"{HOST}:{self._port('namenode_http')}",
             "dfs.namenode.https-address": f"{HOST}:0",
             "dfs.namenode.secondary.http-address": f"{HOST}:0",
             "dfs.namenode.secondary.https-address": f"{HOST}:0",
-            "dfs.datanode.address": f"{HOST}:{_port('datanode_data')}",
-            "dfs.datanode.http.address": f"{HOST}:{_port('datanode_http')}",
-            "dfs.datanode.https.address": f"{HOST}:0",
-            "dfs.datanode.ipc.address": f"{HOST}:{_port('datanode_ipc')}",
-            # The DataNode registers as 127.0.0.1, so WebHDFS redirects point at 127.0.0.1 too.
+            # The DataNodes register as 127.0.0.1, so WebHDFS redirects point at 127.0.0.1 too.
             "dfs.datanode.hostname": HOST,
             "dfs.http.policy": "HTTP_ONLY",
             "dfs.webhdfs.enabled": "true",
             "dfs.permissions.enabled": "false",
-            # One DataNode: never try to replace a failed one in a write pipeline (appends would fail).
-            "dfs.client.block.write.replace-datanode-on-failure.enable": "false",
-            "dfs.client.block.write.replace-datanode-on-failure.policy": "NEVER",
             # Leave safe mode as soon as the blocks are reported (default waits 30 s more).
             "dfs.namenode.safemode.extension": 0,
             "dfs.heartbeat.interval": 3,
@@ -192,56 +270,229 @@ class HadoopService(Service):
             "dfs.namenode.handler.count": 10,
             "dfs.datanode.handler.count": 5,
             "dfs.datanode.max.transfer.threads": 1024,
+            **self._datanode_site(1),
         }
-        mapred = {
-            "mapreduce.framework.name": "local",
+        if topo.datanodes == 1:
+            # One DataNode: never try to replace a failed one in a write pipeline (appends would fail).
+            hdfs["dfs.client.block.write.replace-datanode-on-failure.enable"] = "false"
+            hdfs["dfs.client.block.write.replace-datanode-on-failure.policy"] = "NEVER"
+        else:
+            # A DataNode that stops heartbeating is declared dead after 2 x 15 s + 10 heartbeats (~60 s,
+            # default 10.5 min) and its blocks are copied to the others; a write pipeline losing one
+            # goes on with the rest when no replacement can be found.
+            hdfs["dfs.namenode.heartbeat.recheck-interval"] = 15_000
+            hdfs["dfs.client.block.write.replace-datanode-on-failure.best-effort"] = "true"
+        mapred: dict[str, object] = {
             "mapreduce.cluster.local.dir": str(self.state / "tmp" / "mapred" / "local"),
             "mapreduce.jobtracker.staging.root.dir": "/tmp/hadoop-staging",
             "mapreduce.task.io.sort.mb": 64,
-            "mapreduce.local.map.tasks.maximum": 2,
-            "mapreduce.local.reduce.tasks.maximum": 1,
         }
-        files = {
-            "core-site.xml": _xml_config(core),
-            "hdfs-site.xml": _xml_config(hdfs),
-            "mapred-site.xml": _xml_config(mapred),
-            "log4j.properties": LOG4J_PROPERTIES,
+        files = {"core-site.xml": core, "hdfs-site.xml": hdfs, "mapred-site.xml": mapred}
+        if not topo.yarn:
+            mapred.update({"mapreduce.framework.name": "local", "mapreduce.local.map.tasks.maximum": 2,
+                           "mapreduce.local.reduce.tasks.maximum": 1})
+            return files
+        opts = " ".join([TASK_HEAP, *JAVA17_FLAGS, "-Djava.net.preferIPv4Stack=true"])
+        application_classpath = f"{self.conf_dir},{self.classpath}"
+        mapred.update({
+            "mapreduce.framework.name": "yarn",
+            "mapreduce.application.classpath": application_classpath,
+            "yarn.app.mapreduce.am.staging-dir": "/tmp/hadoop-yarn/staging",
+            "yarn.app.mapreduce.am.resource.mb": TASK_MB,
+            "yarn.app.mapreduce.am.command-opts": opts,
+            "mapreduce.map.memory.mb": TASK_MB,
+            "mapreduce.reduce.memory.mb": TASK_MB,
+            "mapreduce.map.java.opts": opts,
+            "mapreduce.reduce.java.opts": opts,
+            "yarn.app.mapreduce.am.env": f"JAVA_HOME={java_home()}",
+            "mapreduce.map.env": f"JAVA_HOME={java_home()}",
+            "mapreduce.reduce.env": f"JAVA_HOME={java_home()}",
+            # An attempt whose node vanished is given up after 60 s without a heartbeat (default 10 min).
+            "mapreduce.task.timeout": 60_000,
+            "mapreduce.jobhistory.address": f"{HOST}:{self._port('jhs_address')}",
+            "mapreduce.jobhistory.webapp.address": f"{HOST}:{self._port('jhs_http')}",
+            "mapreduce.jobhistory.admin.address": f"{HOST}:{self._port('jhs_admin')}",
+            **self._nodemanager_mapred(1),
+        })
+        yarn = {
+            "yarn.resourcemanager.hostname": HOST,
+            "yarn.resourcemanager.address": f"{HOST}:{self._port('rm_address')}",
+            "yarn.resourcemanager.scheduler.address": f"{HOST}:{self._port('rm_scheduler')}",
+            "yarn.resourcemanager.resource-tracker.address": f"{HOST}:{self._port('rm_tracker')}",
+            "yarn.resourcemanager.admin.address": f"{HOST}:{self._port('rm_admin')}",
+            "yarn.resourcemanager.webapp.address": f"{HOST}:{self._port('rm_http')}",
+            "yarn.application.classpath": application_classpath,
+            "yarn.scheduler.minimum-allocation-mb": 256,
+            "yarn.scheduler.maximum-allocation-mb": NODEMANAGER_MB,
+            "yarn.nodemanager.resource.memory-mb": NODEMANAGER_MB,
+            "yarn.nodemanager.resource.cpu-vcores": 2,
+            "yarn.nodemanager.vmem-check-enabled": "false",
+            "yarn.nodemanager.aux-services": "mapreduce_shuffle",
+            "yarn.nodemanager.aux-services.mapreduce_shuffle.class": "org.apache.hadoop.mapred.ShuffleHandler",
+            # One disk shared by everything: a full-ish disk must not mark the nodes unhealthy.
+            "yarn.nodemanager.disk-health-checker.max-disk-utilization-per-disk-percentage": 99.0,
+            # A node that stops heartbeating is lost after 20 s, an ApplicationMaster after 30 s
+            # (defaults 10 min): its containers are then run again on the other node.
+            "yarn.nm.liveness-monitor.expiry-interval-ms": 20_000,
+            "yarn.am.liveness-monitor.expiry-interval-ms": 30_000,
+            "yarn.resourcemanager.nodemanagers.heartbeat-interval-ms": 1_000,
+            # An ApplicationMaster cleaning up containers of a lost node gives up on it after 10 s (default:
+            # 3 minutes of retries every 10 s, and the lost tasks wait for it before they run again).
+            "yarn.client.nodemanager-connect.max-wait-ms": 10_000,
+            "yarn.client.nodemanager-connect.retry-interval-ms": 1_000,
+            "yarn.log-aggregation-enable": "false",
+            "yarn.nodemanager.delete.debug-delay-sec": 600,
+            **self._nodemanager_site(1),
         }
-        for name, text in files.items():
+        files["yarn-site.xml"] = yarn
+        # The CapacityScheduler reads its queues from its own file: one queue with everything. ApplicationMasters
+        # may take half the cluster (the default 10% of 4 GB is less than one 512 MB AM container).
+        files["capacity-scheduler.xml"] = {
+            "yarn.scheduler.capacity.root.queues": "default",
+            "yarn.scheduler.capacity.root.default.capacity": 100,
+            "yarn.scheduler.capacity.root.default.maximum-capacity": 100,
+            "yarn.scheduler.capacity.maximum-am-resource-percent": 0.5,
+            "yarn.scheduler.capacity.node-locality-delay": 0,
+        }
+        return files
+
+    def _datanode_site(self, node: int) -> dict[str, object]:
+        return {
+            "dfs.datanode.data.dir": self.data_dir(node).as_uri(),
+            "dfs.datanode.address": f"{HOST}:{self._port('datanode_data', node)}",
+            "dfs.datanode.http.address": f"{HOST}:{self._port('datanode_http', node)}",
+            "dfs.datanode.https.address": f"{HOST}:0",
+            "dfs.datanode.ipc.address": f"{HOST}:{self._port('datanode_ipc', node)}",
+        }
+
+    def _nodemanager_site(self, node: int) -> dict[str, object]:
+        home = self.nodemanager_dir(node)
+        return {
+            "yarn.nodemanager.hostname": HOST,
+            "yarn.nodemanager.address": f"{HOST}:{self._port('nm_address', node)}",
+            "yarn.nodemanager.localizer.address": f"{HOST}:{self._port('nm_localizer', node)}",
+            "yarn.nodemanager.webapp.address": f"{HOST}:{self._port('nm_http', node)}",
+            "yarn.nodemanager.collector-service.address": f"{HOST}:{self._port('nm_collector', node)}",
+            "yarn.nodemanager.local-dirs": str(home / "local"),
+            "yarn.nodemanager.log-dirs": str(home / "logs"),
+            "yarn.nodemanager.recovery.dir": str(home / "recovery"),
+        }
+
+    def _nodemanager_mapred(self, node: int) -> dict[str, object]:
+        return {"mapreduce.shuffle.port": self._port("nm_shuffle", node)}
+
+    def _write_conf_dir(self, conf: Path, files: dict[str, dict[str, object]]) -> None:
+        conf.mkdir(parents=True, exist_ok=True)
+        texts = {name: _xml_config(properties) for name, properties in files.items()}
+        texts["log4j.properties"] = LOG4J_PROPERTIES
+        for name, text in texts.items():
             path = conf / name
             if not path.exists() or path.read_text() != text:
                 path.write_text(text)
-        return conf
 
-    def _daemon_command(self, main_class: str, args: list[str] | None = None) -> list[str]:
+    def write_config(self) -> Path:
+        """(Re)write the shared configuration into ``state/conf`` (clients, NameNode, ResourceManager,
+        JobHistory) and, with several DataNodes or any NodeManager, one directory per node with its
+        own ports and directories (``state/conf-datanode-<i>``, ``state/conf-nodemanager-<i>``)."""
+        site = self._site()
+        self._write_conf_dir(self.conf_dir, site)
+        if self.topology.datanodes > 1:
+            for node in range(1, self.topology.datanodes + 1):
+                files = {**site, "hdfs-site.xml": {**site["hdfs-site.xml"], **self._datanode_site(node)}}
+                self._write_conf_dir(self.node_conf_dir("datanode", node), files)
+        for node in range(1, self.topology.nodemanagers + 1):
+            files = {**site, "yarn-site.xml": {**site["yarn-site.xml"], **self._nodemanager_site(node)},
+                     "mapred-site.xml": {**site["mapred-site.xml"], **self._nodemanager_mapred(node)}}
+            self._write_conf_dir(self.node_conf_dir("nodemanager", node), files)
+        return self.conf_dir
+
+    def _daemon_command(self, main_class: str, args: list[str] | None = None, *, conf_dir: Path | None = None,
+                        heap: str = "512m") -> list[str]:
         logs = self.state / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         return hadoop_java_command(
-            main_class, args or [], self.classpath, self.conf_dir, heap="512m",
+            main_class, args or [], self.classpath, conf_dir or self.conf_dir, heap=heap,
             java_opts=[f"-Dhadoop.log.dir={logs}", f"-Dhadoop.home.dir={self.cache / self.version}",
                        "-Dhadoop.security.logger=WARN,console"],
         )
 
+    def _datanode_command(self, node: int) -> list[str]:
+        conf = self.conf_dir if self.topology.datanodes == 1 else self.node_conf_dir("datanode", node)
+        return self._daemon_command(DATANODE_CLASS, conf_dir=conf, heap="512m" if self.topology.datanodes == 1
+                                    else "256m")
+
+    def _nodemanager_env(self, node: int) -> dict[str, str]:
+        home = str(java_home())
+        return {"PATH": f"{home}/bin:{NODE_PATH}", "JAVA_HOME": home, "HOME": str(self.nodemanager_dir(node)),
+                "HADOOP_CONF_DIR": str(self.node_conf_dir("nodemanager", node)), "LANG": "C.UTF-8"}
+
     # ---- lifecycle -------------------------------------------------------------------------------
 
-    def is_running(self) -> bool:
-        return self.namenode.is_running() and self.datanode.is_running()
+    def _ports_of(self, kind: str, node: int = 1) -> list[tuple[int, str]]:
+        """(port, variable or daemon) of every port ``kind`` binds: checked free before a start."""
+        keys = {"namenode": NAMENODE_PORTS, "datanode": DATANODE_PORTS,
+                "resourcemanager": ("rm_address", "rm_scheduler", "rm_tracker", "rm_admin", "rm_http"),
+                "nodemanager": ("nm_address", "nm_localizer", "nm_http", "nm_shuffle", "nm_collector"),
+                "historyserver": ("jhs_address", "jhs_http", "jhs_admin")}[kind]
+        return [(self._port(key, node),
+                 PORTS[key][0] if self.topology.base_port is None and key in PORTS else f"the {kind}'s base port")
+                for key in keys]
 
-    def _check_ports(self, keys) -> None:
-        for key in keys:
-            ensure_port_free(HOST, _port(key), component=self.name, variable=PORTS[key][0])
+    def _daemons(self) -> list[tuple[ManagedProcess, str, int]]:
+        """Every daemon of the topology with its kind and node number, in start order."""
+        daemons = [(self.namenode, "namenode", 1)]
+        daemons += [(proc, "datanode", i) for i, proc in enumerate(self.datanodes, 1)]
+        if self.topology.yarn:
+            daemons.append((self.resourcemanager, "resourcemanager", 1))
+            daemons += [(proc, "nodemanager", i) for i, proc in enumerate(self.nodemanagers, 1)]
+            daemons.append((self.historyserver, "historyserver", 1))
+        return daemons
+
+    def is_running(self) -> bool:
+        return all(proc.is_running() for proc, _, _ in self._daemons())
 
     def _format_if_needed(self) -> None:
         if (self.name_dir / "current" / "VERSION").exists():
             return
         progress(self.name, f"formatting a new NameNode in {self.name_dir} (first start only)")
         # A new namespace gets a new cluster id: blocks of an older one could never be used again and
-        # would stop the DataNode ("Incompatible clusterIDs"), so they go too.
-        if self.data_dir.exists():
-            shutil.rmtree(self.data_dir)
+        # would stop the DataNodes ("Incompatible clusterIDs"), so they go too.
+        for node in range(1, self.topology.datanodes + 1):
+            shutil.rmtree(self.data_dir(node), ignore_errors=True)
         run_logged(self._daemon_command(NAMENODE_CLASS, ["-format", "-nonInteractive", "-force",
                                                          "-clusterid", "btc-local"]),
                    self.state / "format.log", component=self.name, step="NameNode format", timeout=300)
+
+    def start_daemon(self, kind: str, node: int = 1) -> None:
+        """Start one daemon (no-op when it runs): used by ``start`` and to bring back a killed node."""
+        proc = {"namenode": self.namenode, "resourcemanager": self.resourcemanager,
+                "historyserver": self.historyserver}.get(kind) or \
+            {"datanode": self.datanodes, "nodemanager": self.nodemanagers}[kind][node - 1]
+        if proc.is_running():
+            return
+        for port, variable in self._ports_of(kind, node):
+            ensure_port_free(HOST, port, component=self.name, variable=variable)
+        if kind == "namenode":
+            self._format_if_needed()
+            progress(self.name, f"starting NameNode on {HOST}:{self._port('namenode_rpc')} "
+                                f"(web {HOST}:{self._port('namenode_http')})")
+            proc.start(self._daemon_command(NAMENODE_CLASS), cwd=self.state)
+        elif kind == "datanode":
+            progress(self.name, f"starting {proc.name} on {HOST}:{self._port('datanode_data', node)}")
+            proc.start(self._datanode_command(node), cwd=self.state)
+        elif kind == "resourcemanager":
+            progress(self.name, f"starting ResourceManager on {HOST}:{self._port('rm_address')} "
+                                f"(web {self.resourcemanager_url})")
+            proc.start(self._daemon_command(RESOURCEMANAGER_CLASS), cwd=self.state)
+        elif kind == "nodemanager":
+            progress(self.name, f"starting {proc.name} on {HOST}:{self._port('nm_address', node)}")
+            self.nodemanager_dir(node).mkdir(parents=True, exist_ok=True)
+            proc.start(self._daemon_command(NODEMANAGER_CLASS, conf_dir=self.node_conf_dir("nodemanager", node),
+                                            heap="384m"),
+                       cwd=self.nodemanager_dir(node), env=self._nodemanager_env(node))
+        else:
+            progress(self.name, f"starting JobHistory server (web {self.historyserver_url})")
+            proc.start(self._daemon_command(HISTORYSERVER_CLASS, heap="384m"), cwd=self.state)
 
     def start(self) -> None:
         if self.is_running():
@@ -253,35 +504,40 @@ class HadoopService(Service):
         began = time.monotonic()
         # Check every port of what is about to start before starting anything, so a conflict leaves
         # nothing half-started behind.
-        self._check_ports([*(() if self.namenode.is_running() else NAMENODE_PORTS),
-                           *(() if self.datanode.is_running() else DATANODE_PORTS)])
-        if not self.namenode.is_running():
-            self._format_if_needed()
-            progress(self.name, f"starting NameNode on {HOST}:{_port('namenode_rpc')} "
-                                f"(web {HOST}:{_port('namenode_http')})")
-            self.namenode.start(self._daemon_command(NAMENODE_CLASS), cwd=self.state)
-        if not self.datanode.is_running():
-            progress(self.name, f"starting DataNode on {HOST}:{_port('datanode_data')}")
-            self.datanode.start(self._daemon_command(DATANODE_CLASS), cwd=self.state)
+        for proc, kind, node in self._daemons():
+            if not proc.is_running():
+                for port, variable in self._ports_of(kind, node):
+                    ensure_port_free(HOST, port, component=self.name, variable=variable)
         try:
+            for proc, kind, node in self._daemons()[:1 + self.topology.datanodes]:
+                self.start_daemon(kind, node)
             self.namenode.wait_until(self._namenode_ready, component=self.name,
                                      what="NameNode (out of safe mode)", timeout=180)
-            self.datanode.wait_until(self._datanode_live, component=self.name,
-                                     what="DataNode registration", timeout=180)
+            self.datanode.wait_until(self._datanodes_live, component=self.name,
+                                     what=f"{self.topology.datanodes} DataNode registration(s)", timeout=180)
             self._probe_error = ""
             self.datanode.wait_until(self._write_probe, component=self.name,
                                      what="HDFS test write", timeout=60)
             self._webhdfs().mkdirs("/btc")
+            if self.topology.yarn:
+                for proc, kind, node in self._daemons()[1 + self.topology.datanodes:]:
+                    self.start_daemon(kind, node)
+                self.resourcemanager.wait_until(self._nodemanagers_running, component=self.name,
+                                                what=f"ResourceManager with {self.topology.nodemanagers} "
+                                                     "running NodeManagers", timeout=180)
+                self.historyserver.wait_until(self._historyserver_ready, component=self.name,
+                                              what="JobHistory server", timeout=120)
         except StackError as exc:
             self.stop(kill=True)
             extra = f"\nlast test-write error: {self._probe_error}" if self._probe_error else ""
             raise StackError(f"{exc}{extra}\nNameNode log: {self.namenode.log_file}") from exc
+        yarn = f", YARN {self.resourcemanager_url}" if self.topology.yarn else ""
         progress(self.name, f"HDFS ready in {time.monotonic() - began:.1f}s: {self.hdfs_url}, "
-                            f"WebHDFS {self.webhdfs_url}, /btc present")
+                            f"WebHDFS {self.webhdfs_url}, /btc present{yarn}")
 
     def stop(self, *, kill: bool = False) -> None:
-        # DataNode first, so it doesn't spend the NameNode's shutdown retrying to reach it.
-        for proc, ports in ((self.datanode, DATANODE_PORTS), (self.namenode, NAMENODE_PORTS)):
+        # Workers first (YARN, then the DataNodes), so none spends the masters' shutdown retrying them.
+        for proc, kind, node in reversed(self._daemons()):
             if not proc.is_running():
                 proc.stop()  # clears a stale pid file
                 continue
@@ -290,28 +546,33 @@ class HadoopService(Service):
             # A killed JVM's leader thread turns zombie before its other threads have closed the
             # sockets: wait for the ports so an immediate start() does not see them busy.
             deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and any(port_is_open(HOST, _port(k)) for k in ports):
+            while time.monotonic() < deadline and any(port_is_open(HOST, port)
+                                                      for port, _ in self._ports_of(kind, node)):
                 time.sleep(0.2)
 
     def status(self) -> dict[str, object]:
-        return {
+        daemons = self._daemons()
+        status: dict[str, object] = {
             "running": self.is_running(),
             "namenode": self.hdfs_url,
-            "namenode_running": self.namenode.is_running(),
-            "datanode_running": self.datanode.is_running(),
+            **{f"{proc.name}_running": proc.is_running() for proc, _, _ in daemons},
             "webhdfs": f"{self.webhdfs_url}/webhdfs/v1",
             "web_ui": self.webhdfs_url,
-            "pids": {"namenode": self.namenode.pid(), "datanode": self.datanode.pid()},
+            "pids": {proc.name: proc.pid() for proc, _, _ in daemons},
             "data_dir": str(self.state),
-            "logs": [str(self.namenode.log_file), str(self.datanode.log_file)],
+            "logs": [str(proc.log_file) for proc, _, _ in daemons],
         }
+        if self.topology.yarn:
+            status["resourcemanager"] = self.resourcemanager_url
+            status["jobhistory"] = self.historyserver_url
+        return status
 
     def env(self) -> dict[str, str]:
         return {
             "BTC_HDFS_URL": self.hdfs_url,
             "BTC_WEBHDFS_URL": self.webhdfs_url,
             "BTC_HDFS_USER": getpass.getuser(),
-            "BTC_MAPREDUCE_FRAMEWORK": "local",
+            "BTC_MAPREDUCE_FRAMEWORK": "yarn" if self.topology.yarn else "local",
             "HADOOP_CONF_DIR": str(self.conf_dir),
             "BTC_HADOOP_CLASSPATH": self.classpath,
             "BTC_HADOOP_STREAMING_JAR": str(self.streaming_jar),
@@ -329,15 +590,34 @@ class HadoopService(Service):
         info = self._jmx("Hadoop:service=NameNode,name=NameNodeInfo")
         return bool(info) and info.get("Safemode", "x") == ""
 
-    def _datanode_live(self) -> bool:
-        state = self._jmx("Hadoop:service=NameNode,name=FSNamesystemState")
-        return int(state.get("NumLiveDataNodes", 0)) >= 1
+    def live_datanodes(self) -> int:
+        return int(self._jmx("Hadoop:service=NameNode,name=FSNamesystemState").get("NumLiveDataNodes", 0))
+
+    def _datanodes_live(self) -> bool:
+        return self.live_datanodes() >= self.topology.datanodes
+
+    def yarn_rest(self, path: str, *, base: str | None = None) -> dict:
+        """GET a YARN REST resource, e.g. ``yarn_rest("/ws/v1/cluster/nodes")``."""
+        request = urllib.request.Request(f"{base or self.resourcemanager_url}{path}",
+                                         headers={"Accept": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return json.load(resp)
+
+    def running_nodemanagers(self) -> list[dict]:
+        nodes = (self.yarn_rest("/ws/v1/cluster/nodes").get("nodes") or {}).get("node") or []
+        return [node for node in nodes if node.get("state") == "RUNNING"]
+
+    def _nodemanagers_running(self) -> bool:
+        return len(self.running_nodemanagers()) >= self.topology.nodemanagers
+
+    def _historyserver_ready(self) -> bool:
+        return "historyInfo" in self.yarn_rest("/ws/v1/history/info", base=self.historyserver_url)
 
     def _webhdfs(self) -> WebHDFS:
         return WebHDFS(self.webhdfs_url, getpass.getuser(), timeout=30)
 
     def _write_probe(self) -> bool:
-        """Write, read back and delete a tiny file: proves the DataNode accepts blocks."""
+        """Write, read back and delete a tiny file: proves the DataNodes accept blocks."""
         try:
             client = self._webhdfs()
             path = f"/tmp/.btc-stack-probe-{uuid.uuid4().hex[:8]}"
@@ -356,4 +636,4 @@ def fsshell_command(classpath: str, conf_dir: str | Path, args: list[str] | tupl
                                root_logger="WARN,console")
 
 
-__all__ = ["HADOOP_VERSION", "HadoopService", "fsshell_command"]
+__all__ = ["HADOOP_VERSION", "HadoopService", "HadoopTopology", "fsshell_command"]

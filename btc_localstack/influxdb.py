@@ -29,9 +29,9 @@ DEFAULT_BUCKET = "btc"
 class InfluxDBService(Service):
     name = "influxdb"
 
-    def __init__(self, paths):
+    def __init__(self, paths, default_port: int = 8086):
         super().__init__(paths)
-        self.port = env_port("BTC_STACK_INFLUX_PORT", 8086, component="influxdb")
+        self.port = env_port("BTC_STACK_INFLUX_PORT", default_port, component="influxdb")
         self.version = os.environ.get("INFLUXDB_VERSION", DEFAULT_VERSION).lstrip("v")
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = ManagedProcess("influxd", self.state)

@@ -1,7 +1,16 @@
 """The local stack as one object: provision, start, stop, report and write the env file.
 
 Used by the `btc-pipeline stack …` CLI and by the tests' session fixture, so both bring up exactly
-the same engines the same way.
+the same engines the same way. Two topologies:
+
+* ``local`` (default, state in ``.local-stack``): every engine single-node, Spark in local mode,
+  MapReduce in the LocalJobRunner, plus PostgreSQL and Dagster's webserver and daemon;
+* ``cluster`` (``--topology cluster``, state in ``.local-stack-cluster``): the engines as several nodes
+  on this machine, on ports of their own so both can run at once: Kafka 3 KRaft nodes (29092..29097),
+  HDFS a NameNode and 3 DataNodes and YARN a ResourceManager, 2 NodeManagers and the JobHistory server
+  (28020..28102), Spark standalone a master and 2 workers (27077..27092), InfluxDB single (28086: InfluxDB
+  2 OSS has no clustering). Its env file sets ``BTC_PROFILE=cluster``; Dagster's processes are the local
+  topology's (or a deployment's), pointed at it by that env file.
 """
 
 from __future__ import annotations
@@ -15,11 +24,13 @@ from btc_assets import config
 
 from .base import Service, StackError, StackPaths, progress
 from .dagster import DagsterService
-from .hadoop import HadoopService
+from .hadoop import HadoopService, HadoopTopology
 from .influxdb import InfluxDBService
-from .kafka import KafkaService
+from .kafka import KafkaCluster, KafkaService
 from .postgres import PostgresService
-from .spark import SparkService
+from .spark import SparkService, SparkStandalone
+
+TOPOLOGIES = ("local", "cluster")
 
 ENV_HEADER = """# Written by `btc-pipeline stack up`: endpoints and generated credentials of the local stack.
 # Git-ignored; regenerated on every start. Do not commit.
@@ -27,14 +38,22 @@ ENV_HEADER = """# Written by `btc-pipeline stack up`: endpoints and generated cr
 
 
 class LocalStack:
-    def __init__(self, paths: StackPaths | None = None):
-        self.paths = paths or StackPaths.from_env()
-        self.services: dict[str, Service] = {
-            service.name: service
-            for service in (HadoopService(self.paths), KafkaService(self.paths),
-                            InfluxDBService(self.paths), SparkService(self.paths), PostgresService(self.paths),
-                            # Last: it loads the code location with every other engine's settings.
-                            DagsterService(self.paths, self.env))}
+    def __init__(self, paths: StackPaths | None = None, topology: str = "local"):
+        if topology not in TOPOLOGIES:
+            raise StackError(f"unknown topology {topology!r}; choose from {', '.join(TOPOLOGIES)}")
+        self.topology = topology
+        self.paths = paths or StackPaths.from_env(default_state=".local-stack" if topology == "local"
+                                                  else ".local-stack-cluster")
+        if topology == "local":
+            services = (HadoopService(self.paths), KafkaService(self.paths), InfluxDBService(self.paths),
+                        SparkService(self.paths), PostgresService(self.paths),
+                        # Last: it loads the code location with every other engine's settings.
+                        DagsterService(self.paths, self.env))
+        else:
+            services = (HadoopService(self.paths, HadoopTopology.cluster()), KafkaCluster(self.paths, nodes=3),
+                        InfluxDBService(self.paths, default_port=28086), SparkService(self.paths),
+                        SparkStandalone(self.paths))
+        self.services: dict[str, Service] = {service.name: service for service in services}
 
     @property
     def env_file(self):
@@ -91,7 +110,7 @@ class LocalStack:
         A setting already in this process's environment (e.g. ``BTC_SYMBOLS`` given by hand) is kept, so
         the env file and the processes started from it agree."""
         values = {name: os.environ.get(name) or value for name, value in config.defaults().items()}
-        values.update({"BTC_PROFILE": "local", "BTC_STACK_DIR": str(self.paths.state_dir),
+        values.update({"BTC_PROFILE": self.topology, "BTC_STACK_DIR": str(self.paths.state_dir),
                        "BTC_CACHE_DIR": str(self.paths.cache_dir)})
         for service in self.services.values():
             values.update(service.env())

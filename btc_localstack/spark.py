@@ -1,4 +1,5 @@
-"""Spark for the local stack: pyspark in local mode plus the Kafka connector from Maven Central.
+"""Spark for the local stack: pyspark in local mode plus the Kafka connector from Maven Central; and
+the cluster topology's standalone master and workers (``SparkStandalone``).
 
 Spark needs no daemon here: each job starts its own local-mode driver. What the stack provides is
 the `spark-sql-kafka-0-10` connector matching the installed pyspark, resolved once into the cache
@@ -9,9 +10,12 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 
-from .base import REPO_ROOT, Service, maven_resolve
+from .base import REPO_ROOT, ManagedProcess, Service, ensure_port_free, maven_resolve, progress
+
+HOST = "127.0.0.1"
 
 POM_TEMPLATE = REPO_ROOT / "infra" / "local" / "maven" / "spark-kafka" / "pom.xml"
 
@@ -77,3 +81,122 @@ class SparkService(Service):
         return {"BTC_SPARK_MASTER": self.master(),
                 "BTC_SPARK_JARS": ",".join(str(jar) for jar in self.jars()),
                 "BTC_SPARK_PACKAGES": ""}
+
+
+MASTER_CLASS = "org.apache.spark.deploy.master.Master"
+WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
+
+
+class SparkStandalone(Service):
+    """The cluster topology's Spark: a standalone master and ``workers`` workers, started with the
+    ``spark-class`` script of the installed pyspark distribution (no Spark tarball), all on 127.0.0.1.
+
+    Ports from ``base_port``: master RPC +0, master web UI (and its JSON API, ``/json/``) +1, worker *i*
+    RPC +10+2(i-1), web UI +11+2(i-1). Each worker offers ``cores`` cores and ``memory`` to executors and
+    has its own work directory (``<state>/spark-standalone/worker-<i>``).
+    """
+
+    name = "spark-standalone"
+
+    def __init__(self, paths, *, workers: int = 2, base_port: int = 27077, cores: int = 2,
+                 memory: str = "2g", daemon_heap: str = "256m"):
+        super().__init__(paths)
+        self.base_port = base_port
+        self.cores = cores
+        self.memory = memory
+        self.daemon_heap = daemon_heap
+        self.master_process = ManagedProcess("master", self.state)
+        self.workers = [ManagedProcess(f"worker-{i}", self.state) for i in range(1, workers + 1)]
+
+    @property
+    def cache(self) -> Path:
+        return self.paths.cache_dir / "spark"
+
+    @property
+    def master_url(self) -> str:
+        return f"spark://{HOST}:{self.base_port}"
+
+    @property
+    def web_url(self) -> str:
+        return f"http://{HOST}:{self.base_port + 1}"
+
+    def worker_ports(self, index: int) -> tuple[int, int]:
+        return self.base_port + 10 + 2 * (index - 1), self.base_port + 11 + 2 * (index - 1)
+
+    def provision(self) -> None:
+        SparkService(self.paths).provision()  # the Kafka connector the stream job ships with --jars
+
+    def _env(self) -> dict[str, str]:
+        home = _pyspark_home()
+        return {**os.environ, "SPARK_HOME": home, "SPARK_DAEMON_MEMORY": self.daemon_heap,
+                "SPARK_LOG_DIR": str(self.state / "logs"), "SPARK_NO_DAEMONIZE": "1",
+                # Executors' Python workers: this interpreter (the machine's "nodes" share its environment).
+                "PYSPARK_PYTHON": sys.executable}
+
+    def _spark_class(self, main: str, *args: str) -> list[str]:
+        return [str(Path(_pyspark_home()) / "bin" / "spark-class"), main, *args]
+
+    def start_master(self) -> None:
+        if self.master_process.is_running():
+            return
+        for port in (self.base_port, self.base_port + 1):
+            ensure_port_free(HOST, port, component=self.name, variable="the Spark master's base port")
+        progress(self.name, f"starting master {self.master_url} (web {self.web_url})")
+        self.master_process.start(self._spark_class(MASTER_CLASS, "--host", HOST, "--port", str(self.base_port),
+                                                    "--webui-port", str(self.base_port + 1)),
+                                  env=self._env(), cwd=self.state)
+
+    def start_worker(self, index: int) -> None:
+        proc = self.workers[index - 1]
+        if proc.is_running():
+            return
+        rpc, web = self.worker_ports(index)
+        for port in (rpc, web):
+            ensure_port_free(HOST, port, component=self.name, variable="the Spark master's base port")
+        work = self.state / f"worker-{index}"
+        work.mkdir(parents=True, exist_ok=True)
+        progress(self.name, f"starting {proc.name} ({self.cores} cores, {self.memory}) on {HOST}:{rpc}")
+        proc.start(self._spark_class(WORKER_CLASS, "--host", HOST, "--port", str(rpc), "--webui-port", str(web),
+                                     "--cores", str(self.cores), "--memory", self.memory,
+                                     "--work-dir", str(work), self.master_url),
+                   env=self._env(), cwd=work)
+
+    def start(self) -> None:
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.start_master()
+        self.master_process.wait_until(lambda: self.master_json() is not None, component=self.name,
+                                       what="Spark master", timeout=120)
+        for index in range(1, len(self.workers) + 1):
+            self.start_worker(index)
+        self.master_process.wait_until(lambda: len(self.alive_workers()) >= len(self.workers),
+                                       component=self.name, what=f"{len(self.workers)} Spark workers registered",
+                                       timeout=120)
+        progress(self.name, f"ready: {self.master_url} with {len(self.workers)} workers (web {self.web_url})")
+
+    def master_json(self) -> dict | None:
+        """The master's JSON API (``/json/``): workers, active and completed applications."""
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.web_url}/json/", timeout=5) as resp:
+            return json.load(resp)
+
+    def alive_workers(self) -> list[dict]:
+        return [worker for worker in (self.master_json() or {}).get("workers", []) if worker.get("state") == "ALIVE"]
+
+    def stop(self, *, kill: bool = False) -> None:
+        for proc in [*self.workers, self.master_process]:
+            if proc.is_running():
+                progress(self.name, f"stopping {proc.name}{' (kill)' if kill else ''}")
+            proc.stop(kill=kill)
+
+    def is_running(self) -> bool:
+        return self.master_process.is_running() and all(proc.is_running() for proc in self.workers)
+
+    def status(self) -> dict[str, object]:
+        return {"running": self.is_running(), "master": self.master_url, "web_ui": self.web_url,
+                "pids": {proc.name: proc.pid() for proc in [self.master_process, *self.workers]}}
+
+    def env(self) -> dict[str, str]:
+        return {"BTC_SPARK_MASTER": self.master_url, "BTC_SPARK_PYTHON": sys.executable,
+                "BTC_SPARK_CORES_MAX": str(self.cores)}

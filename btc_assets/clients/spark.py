@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import sys
+import tempfile
+import zipfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -18,6 +22,9 @@ class SparkSettings:
     ivy_dir: str = ""
     hdfs_url: str = ""             # becomes fs.defaultFS
     driver_host: str = ""          # BTC_SPARK_DRIVER_HOST (see driver_address)
+    python: str = ""               # BTC_SPARK_PYTHON: the executors' Python
+    executor_memory: str = "1g"    # BTC_SPARK_EXECUTOR_MEMORY (cluster masters)
+    cores_max: str = ""            # BTC_SPARK_CORES_MAX (standalone masters)
     extra: dict[str, str] = field(default_factory=dict)
 
     def driver_address(self) -> dict[str, str]:
@@ -49,17 +56,46 @@ class SparkSettings:
             conf["spark.jars.ivy"] = self.ivy_dir
         if self.hdfs_url:
             conf["spark.hadoop.fs.defaultFS"] = self.hdfs_url
+        if not self.master.startswith("local"):
+            conf["spark.executor.memory"] = self.executor_memory
+            # The project, shipped to the executors the way spark-submit --py-files ships it.
+            conf["spark.submit.pyFiles"] = str(project_archive())
+            if self.cores_max:
+                conf["spark.cores.max"] = self.cores_max
+        if self.python:
+            conf["spark.pyspark.python"] = self.python
         conf.update(self.extra)
         return conf
+
+
+def project_archive() -> Path:
+    """``btc_assets`` as a zip for ``--py-files``/``spark.submit.pyFiles``: built once per content, in the temp dir."""
+    package = Path(__file__).resolve().parents[1]
+    files = sorted(path for path in package.rglob("*.py") if "__pycache__" not in path.parts)
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path.relative_to(package)).encode())
+        digest.update(path.read_bytes())
+    target = Path(tempfile.gettempdir()) / f"btc_assets-{digest.hexdigest()[:12]}.zip"
+    if not target.exists():
+        partial = target.with_suffix(f".{os.getpid()}.tmp")
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
+            for path in files:
+                archive.write(path, Path("btc_assets") / path.relative_to(package))
+        partial.rename(target)
+    return target
 
 
 def build_session(settings: SparkSettings):
     """Get or create the process's SparkSession with these settings."""
     from pyspark.sql import SparkSession
 
-    if settings.master.startswith("local"):
-        # Python workers (XGBoost's training task) run in this interpreter's environment, not whatever python3
-        # is first on PATH: pyspark reads PYSPARK_PYTHON when the context starts.
+    # pyspark takes the executors' Python from PYSPARK_PYTHON when the context starts (not from
+    # spark.pyspark.python): BTC_SPARK_PYTHON if set; in local mode this interpreter's environment (XGBoost's
+    # training task needs its packages), not whatever python3 is first on PATH.
+    if settings.python:
+        os.environ["PYSPARK_PYTHON"] = settings.python
+    elif settings.master.startswith("local"):
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder
     for key, value in settings.conf().items():

@@ -83,11 +83,15 @@ class SparkResource(dg.ConfigurableResource):
     ivy_dir: str = ""
     hdfs_url: str = ""
     driver_host: str = ""
+    python: str = ""
+    executor_memory: str = config.default("BTC_SPARK_EXECUTOR_MEMORY")
+    cores_max: str = ""
 
     def settings(self, app_name: str = "btc-pipeline") -> SparkSettings:
         return SparkSettings(master=self.master, app_name=app_name, driver_memory=self.driver_memory,
                              jars=self.jars, packages=self.packages, ivy_dir=self.ivy_dir,
-                             hdfs_url=self.hdfs_url, driver_host=self.driver_host)
+                             hdfs_url=self.hdfs_url, driver_host=self.driver_host, python=self.python,
+                             executor_memory=self.executor_memory, cores_max=self.cores_max)
 
     def session(self, app_name: str = "btc-pipeline"):
         """The session, created on first use (so runs that never touch Spark never start a JVM)."""
@@ -179,7 +183,9 @@ def build_resources() -> dict[str, Any]:
         "spark": SparkResource(master=env("BTC_SPARK_MASTER"), driver_memory=env("BTC_SPARK_DRIVER_MEMORY"),
                                jars=env("BTC_SPARK_JARS"), packages=env("BTC_SPARK_PACKAGES"),
                                ivy_dir=env("BTC_SPARK_IVY_DIR"), hdfs_url=env("BTC_HDFS_URL"),
-                               driver_host=env("BTC_SPARK_DRIVER_HOST")),
+                               driver_host=env("BTC_SPARK_DRIVER_HOST"), python=env("BTC_SPARK_PYTHON"),
+                               executor_memory=env("BTC_SPARK_EXECUTOR_MEMORY"),
+                               cores_max=env("BTC_SPARK_CORES_MAX")),
         "mapreduce": MapReduceResource(framework=env("BTC_MAPREDUCE_FRAMEWORK"),
                                        hadoop_classpath=env("BTC_HADOOP_CLASSPATH"),
                                        streaming_jar=env("BTC_HADOOP_STREAMING_JAR"),

@@ -775,7 +775,9 @@ def build_spark(settings: StreamSettings) -> SparkSession:
         master=master, app_name="btc-spark-stream", driver_memory=config.get("BTC_SPARK_DRIVER_MEMORY"),
         jars=config.get_optional("BTC_SPARK_JARS"), packages=config.get_optional("BTC_SPARK_PACKAGES"),
         ivy_dir=config.get_optional("BTC_SPARK_IVY_DIR"), hdfs_url=config.get("BTC_HDFS_URL"),
-        driver_host=config.get_optional("BTC_SPARK_DRIVER_HOST"), extra=extra))
+        driver_host=config.get_optional("BTC_SPARK_DRIVER_HOST"), python=config.get_optional("BTC_SPARK_PYTHON"),
+        executor_memory=config.get("BTC_SPARK_EXECUTOR_MEMORY"), cores_max=config.get_optional("BTC_SPARK_CORES_MAX"),
+        extra=extra))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

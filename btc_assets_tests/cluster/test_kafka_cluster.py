@@ -8,17 +8,15 @@ acknowledgement during the failover.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from kafka.admin import ConfigResource, ConfigResourceType
 
 from btc_assets.clients import kafka as kafka_io
 from btc_assets.contracts import schema
-from btc_assets_tests.conftest import test_stack_dir
+from btc_assets_tests.cluster.conftest import running, cluster_paths
 
 BASE_PORT = 39092  # nodes on 39092/39093, 39094/39095, 39096/39097 (never a user's 29092 cluster topology)
 RATE = 1_000  # messages per second while the leader is killed
@@ -27,16 +25,9 @@ RESTART_AFTER_S = 30  # long enough for the partitions to move to the survivors 
 
 @pytest.fixture(scope="module")
 def cluster():
-    from btc_localstack.base import StackPaths
     from btc_localstack.kafka import KafkaCluster
 
-    paths = StackPaths(cache_dir=StackPaths.from_env().cache_dir,
-                       state_dir=(Path(test_stack_dir()) / "cluster-topology").resolve())
-    kafka = KafkaCluster(paths, nodes=3, base_port=BASE_PORT)
-    kafka.provision()
-    kafka.start()
-    yield kafka
-    kafka.stop(kill=os.environ.get("BTC_KEEP_STACK") != "1")
+    yield from running(KafkaCluster(cluster_paths(), nodes=3, base_port=BASE_PORT))
 
 
 def leader_of(bootstrap: str, topic: str, partition: int) -> int:

@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,10 @@ import pytest
 from btc_localstack.base import REPO_ROOT
 from btc_localstack.dagster import graphql
 from btc_localstack.streams import stream_services
+from btc_assets_tests.stream import spark_fixtures
 
+# The live checks poll GraphQL and InfluxDB every 5 s: often enough for minutes-long waits, light on the stack.
+wait_for = partial(spark_fixtures.wait_for, interval=5.0)
 
 RUN_OF_LATEST = """
 query($path: [String!]!) {
@@ -180,16 +184,6 @@ def newest(reader, measurement: str, since: float) -> float | None:
     return rows[0]["_time"].timestamp() if rows else None
 
 
-def wait(condition, timeout: float, what: str, every: float = 5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"{what}: not within {timeout:.0f}s")
-
-
 def emulator_control(path: str, method: str = "GET") -> dict:
     import requests
 
@@ -259,20 +253,20 @@ def test_daemon_supervises_the_live_stream(live_demo, stack, resources, browser)
     for pid in pids.values():
         os.kill(pid, signal.SIGKILL)
     killed = time.time()
-    restarts = wait(lambda: (lambda found: found if set(found) == set(pids) else None)(
+    restarts = wait_for(lambda: (lambda found: found if set(found) == set(pids) else None)(
                         {run["tags"].get("component"): run for run_id, run in restart_runs(url).items()
                          if run_id not in before}),
                     RESTART_WITHIN, "the daemon launching a restart of both SIGKILLed components")
     for component, restart in restarts.items():
         assert restart["creationTime"] - killed <= RESTART_WITHIN, restart
-        wait(lambda: restart_runs(url)[restart["runId"]]["status"] in ("SUCCESS", "FAILURE"), 240,
+        wait_for(lambda: restart_runs(url)[restart["runId"]]["status"] in ("SUCCESS", "FAILURE"), 240,
              f"the restart run of {component}")
         assert restart_runs(url)[restart["runId"]]["status"] == "SUCCESS", restart
         assert services.processes[component].pid() not in (None, pids[component])
     # Flowing again: trades newer than the kill, and a bar of a minute after it.
-    wait(lambda: (newest(reader, schema.TRADES_MEASUREMENT, killed - 600) or 0) >= killed + 5, 240,
+    wait_for(lambda: (newest(reader, schema.TRADES_MEASUREMENT, killed - 600) or 0) >= killed + 5, 240,
          "new trades after the producer's restart")
-    wait(lambda: (newest(reader, schema.BARS_MEASUREMENT, killed - 600) or 0) >= (killed // 60 + 1) * 60, 240,
+    wait_for(lambda: (newest(reader, schema.BARS_MEASUREMENT, killed - 600) or 0) >= (killed // 60 + 1) * 60, 240,
          "new bars after the Spark job's restart")
     switch(url, "stream_health_sensor", on=False)
 
@@ -289,7 +283,7 @@ def test_daemon_supervises_the_live_stream(live_demo, stack, resources, browser)
         first = influx_scalar(reader, where + " |> min()")
         assert first is not None, f"{symbol}: none of the emulator's trades in InfluxDB"
         expected = last - first + 1
-        wait(lambda: (influx_scalar(reader, where + " |> count()") or 0) >= expected, 180,
+        wait_for(lambda: (influx_scalar(reader, where + " |> count()") or 0) >= expected, 180,
              f"{symbol}: all {expected:,} trades {first}..{last} in InfluxDB")
         assert influx_scalar(reader, where + " |> count()") == expected
         assert influx_scalar(reader, where + " |> distinct() |> count()") == expected

@@ -30,14 +30,15 @@ DATE = "2025-04-01"
 BUSY_HOUR_MS = 14 * 3_600_000  # 14:00 UTC, the generator's US session
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str, state: Callable[[], object] | None = None,
-             interval: float = 0.5) -> None:
-    """Poll ``condition`` until true; on timeout the error shows ``state()``."""
+def wait_for(condition: Callable[[], object], timeout: float, what: str, state: Callable[[], object] | None = None,
+             interval: float = 0.5):
+    """Poll ``condition`` until it returns something true, and return that; on timeout the error shows ``state()``."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not (value := condition()):
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} not reached in {timeout:.0f}s" + (f"; state: {state()}" if state else ""))
         time.sleep(interval)
+    return value
 
 
 # --- trades -------------------------------------------------------------------------------------

@@ -1,0 +1,78 @@
+"""Training and predictions on Spark standalone (a master, 2 workers) give what local mode gives.
+
+``spark_jobs`` materializes ``training_set``, ``price_models`` and ``price_predictions`` in a process of its
+own, once with ``local[2]`` and once with the standalone master (the project shipped to the executors as
+``spark.submit.pyFiles``, their Python set by ``BTC_SPARK_PYTHON``), on the cluster topology's HDFS and the
+suite's InfluxDB. The master's JSON API shows the cluster run's applications; the test metrics of every
+model are the same numbers, and so are the predictions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from btc_assets.contracts import schema
+from btc_assets.defs.resources import InfluxResource
+from btc_localstack.base import REPO_ROOT
+
+APPS = {"btc-training-set", "btc-price-models", "btc-price-predictions"}
+
+
+@pytest.fixture
+def buckets(resources):
+    """Two fresh InfluxDB buckets (one per run), deleted afterwards."""
+    influx = resources["influx"]
+    admin = influx.admin()
+    names = {run: f"cluster-{run}-{uuid.uuid4().hex[:8]}" for run in ("local", "cluster")}
+    ids = [admin.ensure_bucket(name) for name in names.values()]
+    yield names
+    for bucket_id in ids:
+        admin.client.buckets_api().delete_bucket(bucket_id)
+    admin.close()
+
+
+def run_jobs(master: str, hadoop, influx: InfluxResource, bucket: str, root: str, last_minute: int, out) -> dict:
+    env = {**os.environ, "BTC_INFLUX_WRITE_TOKEN": influx.write_token, "BTC_INFLUX_READ_TOKEN": influx.read_token}
+    command = [sys.executable, "-m", "btc_assets_tests.cluster.spark_jobs", "--master", master,
+               "--hdfs-url", hadoop.hdfs_url, "--webhdfs-url", hadoop.webhdfs_url, "--root", root,
+               "--influx-url", influx.url, "--influx-org", influx.org, "--bucket", bucket,
+               "--last-minute", str(last_minute), "--out", str(out), "--python", sys.executable]
+    finished = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert finished.returncode == 0, finished.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+def test_training_and_predictions_on_the_master_equal_local_mode(resources, hadoop_cluster, spark_cluster,
+                                                                 buckets, tmp_path):
+    influx = resources["influx"]
+    last_minute = int(time.time() // 60) - 10  # complete bars, settled long ago
+    runs = {}
+    for run, master in (("local", "local[2]"), ("cluster", spark_cluster.master_url)):
+        root = f"/btc-sparktest-{run}-{uuid.uuid4().hex[:8]}"
+        runs[run] = run_jobs(master, hadoop_cluster, influx, buckets[run], root, last_minute, tmp_path / f"{run}.json")
+        assert runs[run]["success"], run
+        hadoop_cluster._webhdfs().delete(root, recursive=True)
+
+    state = spark_cluster.master_json()
+    finished = {app["name"]: app for app in state["completedapps"]}
+    assert APPS <= set(finished), sorted(finished)
+    assert all(finished[name]["state"] == "FINISHED" and finished[name]["cores"] >= 1 for name in APPS)
+    assert state["aliveworkers"] == 2
+
+    local, cluster = runs["local"], runs["cluster"]
+    assert set(local["metrics"]) == set(schema.MODELS)
+    for model in schema.MODELS:
+        assert cluster["metrics"][model] == local["metrics"][model], model
+        here, there = local["predictions"][model], cluster["predictions"][model]
+        assert len(here) == len(there) == 30, model  # 45 live bars, 16 of history each: 30 predictions
+        for (_, expected), (_, got) in zip(here, there):
+            # LR's dot product sums in another order on the executors: equal to the last few bits.
+            assert math.isclose(got, expected, rel_tol=1e-9), (model, got, expected)
