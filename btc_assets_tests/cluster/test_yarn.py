@@ -23,8 +23,9 @@ ASSETS = [raw_trades, minute_bars]
 
 def yarn_application(hadoop, name: str) -> dict:
     apps = (hadoop.yarn_rest("/ws/v1/cluster/apps?applicationTypes=MAPREDUCE").get("apps") or {}).get("app") or []
-    (app,) = [app for app in apps if app["name"] == name]
-    return app
+    named = [app for app in apps if app["name"] == name]
+    assert named, f"no YARN application {name!r} in {[app['name'] for app in apps]}"
+    return max(named, key=lambda app: app["startedTime"])  # the newest (a kept cluster has older runs too)
 
 
 def task_attempts(hadoop, app: dict) -> list[dict]:
