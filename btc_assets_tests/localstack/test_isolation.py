@@ -30,9 +30,10 @@ def _identities(local: LocalStack) -> dict[str, tuple[int, float]]:
     found = {}
     for service in local.select(USER_SERVICES):
         for name, value in vars(service).items():
-            process = getattr(value, "process", None)
-            if callable(process) and (running := process()) is not None:
-                found[f"{service.name}.{name}"] = (running.pid, running.create_time())
+            for index, each in enumerate(value if isinstance(value, list) else [value]):  # e.g. HDFS's DataNodes
+                process = getattr(each, "process", None)
+                if callable(process) and (running := process()) is not None:
+                    found[f"{service.name}.{name}.{index}"] = (running.pid, running.create_time())
     return found
 
 
