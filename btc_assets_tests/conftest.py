@@ -56,6 +56,38 @@ def pytest_configure(config):  # noqa: ARG001 - pytest's hook signature
     os.environ.setdefault("BTC_DOWNLOAD_RETRY_DELAY_SECONDS", "1")
 
 
+def _ranges(ids: list[int]) -> str:
+    """Sorted ids as runs: ``5..9, 12`` (the first 10 runs)."""
+    runs: list[list[int]] = []
+    for value in sorted(ids):
+        if runs and value == runs[-1][1] + 1:
+            runs[-1][1] = value
+        else:
+            runs.append([value, value])
+    text = ", ".join(f"{low}..{high}" if high > low else f"{low}" for low, high in runs[:10])
+    return text + (f", ... ({len(runs)} runs)" if len(runs) > 10 else "")
+
+
+def pytest_assertrepr_compare(op, left, right):
+    """Long lists of ids (trade ids, offsets) compared: what is missing, extra, twice, out of order.
+
+    pytest's own diff prints one line per element: thousands of lines that bury the other failures' output.
+    """
+    if op != "==" or not (isinstance(left, list) and isinstance(right, list)) or max(len(left), len(right)) <= 50:
+        return None
+    if not all(isinstance(value, int) for value in (*left[:50], *right[:50])):
+        return None
+    left_set, right_set = set(left), set(right)
+    lines = [f"lists of {len(left):,} and {len(right):,} ids differ",
+             f"missing on the left ({len(right_set - left_set):,}): {_ranges(list(right_set - left_set))}",
+             f"extra on the left ({len(left_set - right_set):,}): {_ranges(list(left_set - right_set))}",
+             f"twice on the left: {len(left) - len(left_set):,}; on the right: {len(right) - len(right_set):,}"]
+    first = next((index for index, (a, b) in enumerate(zip(left, right)) if a != b), min(len(left), len(right)))
+    lines.append(f"first difference at index {first}: "
+                 f"{left[first:first + 3]} vs {right[first:first + 3]}")
+    return lines
+
+
 @pytest.fixture(scope="session")
 def history_service(tmp_path_factory):
     """The archive emulator the suite's Dagster instance downloads from (generated days, two symbols)."""

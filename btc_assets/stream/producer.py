@@ -108,7 +108,7 @@ class ProducerSettings:
     healthy_after_s: float = 10.0  # a connection that lived this long resets the backoff
     max_connection_age_s: float = DAY_S - 600  # Binance cuts every connection at 24 h
     idle_timeout_s: float = 60.0  # Binance pings every 20 s: a minute of silence is a dead connection
-    close_timeout_s: float = 5.0  # how long a close handshake may take before the socket is cut
+    close_timeout_s: float = 5.0  # how long a close handshake may stay silent before the socket is cut
     rest_retries: int = 3
     rest_retry_delay_s: float = 1.0
     rest_timeout_s: float = 10.0
@@ -546,8 +546,11 @@ class TradeFeed:
         elif app is not None:  # still connecting: nothing to drain
             app.keep_running = False
             self._cut()
-        self._threads[0].join(self.settings.close_timeout_s + 5)
+        # The watchdog cuts a handshake that stalls; this bounds one that still trickles (a sink that cannot drain).
+        self._threads[0].join(self.settings.close_timeout_s * 12)
         if self._threads[0].is_alive():
+            log.warning("the feed did not end %.0fs after the close: cutting the connection",
+                        self.settings.close_timeout_s * 12)
             self._cut()
             self._threads[0].join(5)
         self._threads[1].join(2)
@@ -668,8 +671,12 @@ class TradeFeed:
             if opened_at is None:
                 continue
             if closing_since is not None:
-                if now - closing_since > self.settings.close_timeout_s:
-                    log.warning("close handshake took over %.0fs: cutting the connection", self.settings.close_timeout_s)
+                # While the server's last frames still arrive (or wait for room on the queue) the handshake
+                # is progressing: only one silent for close_timeout_s is cut.
+                if now - max(closing_since, self._last_frame) > self.settings.close_timeout_s \
+                        and not self._waiting_for_queue:
+                    log.warning("close handshake silent for over %.0fs: cutting the connection",
+                                self.settings.close_timeout_s)
                     self._cut()
             elif now - opened_at >= self.settings.max_connection_age_s:
                 log.info("connection is %.0f s old: renewing it before Binance's 24-hour cut", now - opened_at)
