@@ -448,6 +448,13 @@ class HadoopService(Service):
             daemons.append((self.historyserver, "historyserver", 1))
         return daemons
 
+    def daemon(self, kind: str, node: int = 1) -> ManagedProcess:
+        """The process of one daemon, e.g. ``daemon("datanode", 2)``."""
+        for proc, daemon_kind, number in self._daemons():
+            if (daemon_kind, number) == (kind, node):
+                return proc
+        raise KeyError(f"the topology has no {kind} {node}")
+
     def is_running(self) -> bool:
         return all(proc.is_running() for proc, _, _ in self._daemons())
 
@@ -465,9 +472,7 @@ class HadoopService(Service):
 
     def start_daemon(self, kind: str, node: int = 1) -> None:
         """Start one daemon (no-op when it runs): used by ``start`` and to bring back a killed node."""
-        proc = {"namenode": self.namenode, "resourcemanager": self.resourcemanager,
-                "historyserver": self.historyserver}.get(kind) or \
-            {"datanode": self.datanodes, "nodemanager": self.nodemanagers}[kind][node - 1]
+        proc = self.daemon(kind, node)
         if proc.is_running():
             return
         for port, variable in self._ports_of(kind, node):

@@ -87,6 +87,9 @@ MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
 
 
+WORKER_TIMEOUT_S = 15
+
+
 class SparkStandalone(Service):
     """The cluster topology's Spark: a standalone master and ``workers`` workers, started with the
     ``spark-class`` script of the installed pyspark distribution (no Spark tarball), all on 127.0.0.1.
@@ -142,9 +145,12 @@ class SparkStandalone(Service):
         for port in (self.base_port, self.base_port + 1):
             ensure_port_free(HOST, port, component=self.name, variable="the Spark master's base port")
         progress(self.name, f"starting master {self.master_url} (web {self.web_url})")
+        # A worker that stops heartbeating is dead after WORKER_TIMEOUT_S (Spark's default: 60 s). Until then
+        # the master counts its executors' cores as used and gives a job that lost them no new executor.
+        env = {**self._env(), "SPARK_MASTER_OPTS": f"-Dspark.worker.timeout={WORKER_TIMEOUT_S}"}
         self.master_process.start(self._spark_class(MASTER_CLASS, "--host", HOST, "--port", str(self.base_port),
                                                     "--webui-port", str(self.base_port + 1)),
-                                  env=self._env(), cwd=self.state)
+                                  env=env, cwd=self.state)
 
     def start_worker(self, index: int) -> None:
         proc = self.workers[index - 1]

@@ -215,9 +215,16 @@ def train_models(train: DataFrame, validation: DataFrame, test: DataFrame, param
         for name in [*models, PERSISTENCE]:
             # GBT's rounds are thousands of small Spark jobs: at this data size their scheduling, not the
             # maths, is the cost, and one task per job is faster than two (RF's wide passes are not).
-            # (XGBoost repartitions to its workers itself: a coalesce before its barrier stage is refused.)
-            spark_gbt = name == GBT and params.gbt_implementation == "spark"
-            rows_to_fit = periods["train"].coalesce(1) if spark_gbt else periods["train"]
+            # XGBoost fits on one worker, and the sums in its histograms depend on the order rows come in: one
+            # partition in (symbol, minute) order gives the same model in local mode and on a cluster (a
+            # repartition it did itself would keep the order shuffle blocks happen to arrive in; a coalesce
+            # before its barrier stage is refused).
+            if name == GBT and params.gbt_implementation == "spark":
+                rows_to_fit = periods["train"].coalesce(1)
+            elif name == GBT:
+                rows_to_fit = periods["train"].repartition(1).sortWithinPartitions(SYMBOL, MINUTE_INDEX)
+            else:
+                rows_to_fit = periods["train"]
             started = time.monotonic()
             fitted = build_pipeline(name, params).fit(rows_to_fit)
             seconds = time.monotonic() - started

@@ -22,6 +22,7 @@ __all__ = ["archive", "history_resources"]  # the history tests' fixtures, also 
 
 HADOOP_BASE_PORT = 38020
 SPARK_BASE_PORT = 37077
+KAFKA_BASE_PORT = 39092  # nodes on 39092/39093, 39094/39095, 39096/39097 (never a user's 29092 cluster topology)
 
 
 def cluster_paths():
@@ -45,6 +46,25 @@ def hadoop_cluster():
     from btc_localstack.hadoop import HadoopService, HadoopTopology
 
     yield from running(HadoopService(cluster_paths(), HadoopTopology.cluster(base_port=HADOOP_BASE_PORT)))
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster():
+    from btc_localstack.kafka import KafkaCluster
+
+    yield from running(KafkaCluster(cluster_paths(), nodes=3, base_port=KAFKA_BASE_PORT))
+
+
+def leader_of(bootstrap: str, topic: str, partition: int) -> int:
+    """The node id of the broker leading ``topic``'s ``partition``."""
+    from btc_assets.clients import kafka as kafka_io
+
+    client = kafka_io.admin(bootstrap)
+    try:
+        (description,) = client.describe_topics([topic])
+        return next(p["leader_id"] for p in description["partitions"] if p["partition_index"] == partition)
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="session")
@@ -96,7 +116,17 @@ def runs_a_task(processes: list[psutil.Process]) -> bool:
 def kill_node(hadoop, node: int) -> list[int]:
     """SIGKILL NodeManager ``node`` with its containers, as a node dying takes them all (containers outlive a
     NodeManager killed alone). Returns their pids."""
-    victims = node_processes(hadoop, node)
+    return kill_all(node_processes(hadoop, node))
+
+
+def kill_tree(pid: int) -> list[int]:
+    """SIGKILL a process and all its descendants at once (a Spark worker and its executors)."""
+    parent = psutil.Process(pid)
+    return kill_all([parent, *parent.children(recursive=True)])
+
+
+def kill_all(victims: list[psutil.Process]) -> list[int]:
+    """SIGKILL every one of them at once, as a machine dying takes them; their pids."""
     for process in victims:
         try:
             process.send_signal(signal.SIGKILL)

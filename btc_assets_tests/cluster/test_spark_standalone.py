@@ -40,27 +40,38 @@ def buckets(resources):
     admin.close()
 
 
-def run_jobs(master: str, hadoop, influx: InfluxResource, bucket: str, root: str, last_minute: int, out) -> dict:
+def start_jobs(master: str, hadoop, influx: InfluxResource, bucket: str, root: str, last_minute: int, out,
+               log) -> subprocess.Popen:
     env = {**os.environ, "BTC_INFLUX_WRITE_TOKEN": influx.write_token, "BTC_INFLUX_READ_TOKEN": influx.read_token}
     command = [sys.executable, "-m", "btc_assets_tests.cluster.spark_jobs", "--master", master,
                "--hdfs-url", hadoop.hdfs_url, "--webhdfs-url", hadoop.webhdfs_url, "--root", root,
                "--influx-url", influx.url, "--influx-org", influx.org, "--bucket", bucket,
                "--last-minute", str(last_minute), "--out", str(out), "--python", sys.executable]
-    finished = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert finished.returncode == 0, finished.stderr[-4000:]
-    return json.loads(out.read_text())
+    return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def test_training_and_predictions_on_the_master_equal_local_mode(resources, hadoop_cluster, spark_cluster,
                                                                  buckets, tmp_path):
     influx = resources["influx"]
     last_minute = int(time.time() // 60) - 10  # complete bars, settled long ago
-    runs = {}
+    # The two runs at once (each mostly waits on JVM and executor start-ups): nothing of one is the other's.
+    runs, processes, roots = {}, {}, {}
     for run, master in (("local", "local[2]"), ("cluster", spark_cluster.master_url)):
-        root = f"/btc-sparktest-{run}-{uuid.uuid4().hex[:8]}"
-        runs[run] = run_jobs(master, hadoop_cluster, influx, buckets[run], root, last_minute, tmp_path / f"{run}.json")
-        assert runs[run]["success"], run
-        hadoop_cluster._webhdfs().delete(root, recursive=True)
+        roots[run] = f"/btc-sparktest-{run}-{uuid.uuid4().hex[:8]}"
+        with open(tmp_path / f"{run}.log", "wb") as log:
+            processes[run] = start_jobs(master, hadoop_cluster, influx, buckets[run], roots[run], last_minute,
+                                        tmp_path / f"{run}.json", log)
+    try:
+        for run, process in processes.items():
+            code = process.wait(900)
+            assert code == 0, (run, (tmp_path / f"{run}.log").read_text(errors="replace")[-4000:])
+            runs[run] = json.loads((tmp_path / f"{run}.json").read_text())
+            assert runs[run]["success"], run
+            hadoop_cluster._webhdfs().delete(roots[run], recursive=True)
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
 
     state = spark_cluster.master_json()
     finished = {app["name"]: app for app in state["completedapps"]}

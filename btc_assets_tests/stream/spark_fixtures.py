@@ -161,6 +161,24 @@ def mapreduce_bars(day: generator.TradeDay, workdir: Path) -> list[str]:
     """The minute bars of ``day``'s trades by ``mapper.py | LC_ALL=C sort | reducer.py`` over its history CSV."""
     csv_path = workdir / schema.history_csv_name(day.symbol, day.date)
     generator.write_csv(day, csv_path)
+    return mapreduce_csv_bars(csv_path)
+
+
+def write_events_csv(events: list[dict], path: Path) -> Path:
+    """Live trade events as a history CSV (the REST row of each: what data.binance.vision has of it)."""
+    from btc_testkit.binance_emulator import historical_trade
+
+    true, false = schema.TRUE_VALUES[0], schema.FALSE_VALUES[0]
+    with open(path, "w") as file:
+        for event in events:
+            row = historical_trade(event)
+            file.write(f"{row['id']},{row['price']},{row['qty']},{row['quoteQty']},{row['time']},"
+                       f"{true if row['isBuyerMaker'] else false},{true if row['isBestMatch'] else false}\n")
+    return path
+
+
+def mapreduce_csv_bars(csv_path: Path) -> list[str]:
+    """The bar lines ``mapper.py | LC_ALL=C sort | reducer.py`` make of a history CSV."""
     python = sys.executable
     script = (f"set -o pipefail; cat '{csv_path}' | '{python}' '{MAPREDUCE_DIR / 'mapper.py'}' | LC_ALL=C sort "
               f"| '{python}' '{MAPREDUCE_DIR / 'reducer.py'}'")
