@@ -413,8 +413,13 @@ class KafkaCluster(Service):
             node.wait_ready()
 
     def stop(self, *, kill: bool = False) -> None:
-        for node in reversed(self.nodes):
-            node.stop(kill=kill)
+        # All at once: stopped one after another, the last node's controlled shutdown waits for a
+        # controller quorum that is already gone, until STOP_TIMEOUT_S ends it with a SIGKILL.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=len(self.nodes)) as pool:
+            for stopped in [pool.submit(node.stop, kill=kill) for node in reversed(self.nodes)]:
+                stopped.result()
 
     def is_running(self) -> bool:
         return all(node.is_running() for node in self.nodes)
