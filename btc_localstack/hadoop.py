@@ -228,13 +228,12 @@ class HadoopService(Service):
     # ---- provisioning and config -----------------------------------------------------------------
 
     def provision(self) -> None:
-        for pom in (POM, *((YARN_POM,) if self.topology.yarn else ())):
-            if not pom.exists():
-                raise StackError(f"hadoop: {pom} is missing; restore it from git")
-        if self.topology.yarn:
-            maven_resolve(YARN_POM, self.lib_dir, component=self.name, parents=(POM,))
-        else:
-            maven_resolve(POM, self.lib_dir, component=self.name)
+        # YARN's pom inherits the HDFS pom's versions: one consistent classpath of its own.
+        pom, parents = (YARN_POM, (POM,)) if self.topology.yarn else (POM, ())
+        for path in (pom, *parents):
+            if not path.exists():
+                raise StackError(f"hadoop: {path} is missing; restore it from git")
+        maven_resolve(pom, self.lib_dir, component=self.name, parents=parents)
         if not self.streaming_jar.exists():
             raise StackError(f"hadoop: {self.streaming_jar} missing after resolution; delete {self.lib_dir} "
                              "and run provision again")

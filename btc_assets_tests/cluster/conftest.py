@@ -55,16 +55,21 @@ def kafka_cluster():
     yield from running(KafkaCluster(cluster_paths(), nodes=3, base_port=KAFKA_BASE_PORT))
 
 
-def leader_of(bootstrap: str, topic: str, partition: int) -> int:
-    """The node id of the broker leading ``topic``'s ``partition``."""
+def topic_partitions(bootstrap: str, topic: str) -> list[dict]:
+    """The admin API's description of each partition of ``topic`` (leader, replicas, ISR)."""
     from btc_assets.clients import kafka as kafka_io
 
     client = kafka_io.admin(bootstrap)
     try:
         (description,) = client.describe_topics([topic])
-        return next(p["leader_id"] for p in description["partitions"] if p["partition_index"] == partition)
+        return description["partitions"]
     finally:
         client.close()
+
+
+def leader_of(bootstrap: str, topic: str, partition: int) -> int:
+    """The node id of the broker leading ``topic``'s ``partition``."""
+    return next(p["leader_id"] for p in topic_partitions(bootstrap, topic) if p["partition_index"] == partition)
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ from kafka.admin import ConfigResource, ConfigResourceType
 
 from btc_assets.clients import kafka as kafka_io
 from btc_assets.contracts import schema
-from btc_assets_tests.cluster.conftest import kill_tree, leader_of
+from btc_assets_tests.cluster.conftest import kill_tree, leader_of, topic_partitions
 from btc_assets_tests.stream.helpers import producer_settings, read_topic, running_producer
 from btc_assets_tests.stream.spark_fixtures import (JobProcess, bar_differences, influx_bars, influx_for,
                                                     mapreduce_csv_bars, parse_bar_line, trade_count, trade_points,
@@ -87,12 +87,8 @@ class BarWatch:
 
 def topic_replicas(bootstrap: str, topic: str) -> dict[int, tuple[int, int]]:
     """Per partition: (replicas, in-sync replicas)."""
-    client = kafka_io.admin(bootstrap)
-    try:
-        (description,) = client.describe_topics([topic])
-        return {p["partition_index"]: (len(p["replica_nodes"]), len(p["isr_nodes"])) for p in description["partitions"]}
-    finally:
-        client.close()
+    return {p["partition_index"]: (len(p["replica_nodes"]), len(p["isr_nodes"]))
+            for p in topic_partitions(bootstrap, topic)}
 
 
 def min_insync_replicas(bootstrap: str, topic: str) -> str:
