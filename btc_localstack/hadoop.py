@@ -597,7 +597,17 @@ class HadoopService(Service):
     def live_datanodes(self) -> int:
         return int(self._jmx("Hadoop:service=NameNode,name=FSNamesystemState").get("NumLiveDataNodes", 0))
 
+    def _all_running(self, procs: list[ManagedProcess]) -> None:
+        """Raise (so ``wait_until`` stops at once) if one of several nodes died while starting: the
+        wait is on the first one's process, and a second node's bind error would otherwise only show
+        as a timeout with the first node's log."""
+        for proc in procs:
+            if not proc.is_running():
+                raise StackError(f"{self.name}: {proc.name} exited while starting; log {proc.log_file}:\n"
+                                 f"{proc.log_tail()}")
+
     def _datanodes_live(self) -> bool:
+        self._all_running(self.datanodes)
         return self.live_datanodes() >= self.topology.datanodes
 
     def yarn_rest(self, path: str, *, base: str | None = None) -> dict:
@@ -612,6 +622,7 @@ class HadoopService(Service):
         return [node for node in nodes if node.get("state") == "RUNNING"]
 
     def _nodemanagers_running(self) -> bool:
+        self._all_running(self.nodemanagers)
         return len(self.running_nodemanagers()) >= self.topology.nodemanagers
 
     def _historyserver_ready(self) -> bool:

@@ -1,7 +1,8 @@
 """The cluster topology the cluster tests run on: HDFS (a NameNode, 3 DataNodes), YARN (a ResourceManager,
 2 NodeManagers, the JobHistory server) and Spark standalone (a master, 2 workers), all on 127.0.0.1, on
-ports of their own (38020.. and 37077..: never a user's cluster topology on 28020.. and 27077..), under
-the suite's state dir. Started once for the session, stopped at its end (``BTC_KEEP_STACK=1`` keeps it).
+ports of their own (23020.., 22077.. and 24092..: never a user's cluster topology on 28020.., 27077.. and
+29092.., and below Linux's ephemeral range, 32768-60999, where any outgoing connection may hold a port
+for a while and a daemon's bind then fails), under the suite's state dir. Started once for the session, stopped at its end (``BTC_KEEP_STACK=1`` keeps it).
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from btc_assets_tests.history.conftest import archive, history_resources  # noqa
 
 __all__ = ["archive", "history_resources"]  # the history tests' fixtures, also these tests'
 
-HADOOP_BASE_PORT = 38020
-SPARK_BASE_PORT = 37077
-KAFKA_BASE_PORT = 39092  # nodes on 39092/39093, 39094/39095, 39096/39097 (never a user's 29092 cluster topology)
+HADOOP_BASE_PORT = 23020
+SPARK_BASE_PORT = 22077
+KAFKA_BASE_PORT = 24092  # nodes on 24092/24093, 24094/24095, 24096/24097 (never a user's 29092 cluster topology)
 
 
 def cluster_paths():

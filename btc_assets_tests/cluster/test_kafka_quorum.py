@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from btc_localstack.base import StackPaths
 
-BASE_PORT = 39192  # a quorum of its own, beside the session's on 39092..
+BASE_PORT = 24192  # a quorum of its own, beside the session's on 24092..
 
 
 def test_a_stopped_quorum_shuts_every_node_down_cleanly(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from btc_assets_tests.cluster.conftest import HADOOP_BASE_PORT
 from btc_localstack.base import StackError, StackPaths
 from btc_localstack.hadoop import HadoopService, HadoopTopology
 from btc_localstack.manager import LocalStack
@@ -12,7 +13,7 @@ from btc_localstack.manager import LocalStack
 
 def test_every_daemon_of_the_cluster_topology_has_ports_of_its_own(tmp_path):
     hadoop = HadoopService(StackPaths(cache_dir=tmp_path / "cache", state_dir=tmp_path / "state"),
-                           HadoopTopology.cluster(base_port=38020))
+                           HadoopTopology.cluster(base_port=HADOOP_BASE_PORT))
     ports = [port for _, kind, node in hadoop._daemons() for port, _ in hadoop._ports_of(kind, node)]
     assert len(ports) == len(set(ports)) == 2 + 3 * 3 + 5 + 2 * 5 + 3
     hadoop.write_config()
