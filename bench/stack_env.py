@@ -22,8 +22,13 @@ def use_running_stack(*services: str) -> bool:
     return True
 
 
-def bench_storage(root: str):
-    """Storage under a root of the benchmark's own, so its files never mix with the pipeline's."""
+def bench_storage_resource(root: str) -> StorageResource:
+    """The storage resource under a root of the benchmark's own, so its files never mix with the pipeline's."""
     env = os.environ
     return StorageResource(filesystem_url=env["BTC_HDFS_URL"], webhdfs_url=env["BTC_WEBHDFS_URL"],
-                           user=env.get("BTC_HDFS_USER", ""), root=root).storage
+                           user=env.get("BTC_HDFS_USER", ""), root=root)
+
+
+def bench_storage(root: str):
+    """Storage under a root of the benchmark's own (``bench_storage_resource``'s)."""
+    return bench_storage_resource(root).storage

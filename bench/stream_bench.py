@@ -19,7 +19,6 @@ the ratio printed is landed/sent throughput.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import statistics

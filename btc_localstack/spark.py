@@ -133,6 +133,8 @@ class SparkStandalone(Service):
         home = _pyspark_home()
         return {**os.environ, "SPARK_HOME": home, "SPARK_DAEMON_MEMORY": self.daemon_heap,
                 "SPARK_LOG_DIR": str(self.state / "logs"), "SPARK_NO_DAEMONIZE": "1",
+                # The web UIs of the master and workers bind to SPARK_LOCAL_IP, else to every interface.
+                "SPARK_LOCAL_IP": HOST,
                 # Executors' Python workers: this interpreter (the machine's "nodes" share its environment).
                 "PYSPARK_PYTHON": sys.executable}
 

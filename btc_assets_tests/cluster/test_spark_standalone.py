@@ -73,8 +73,15 @@ def test_training_and_predictions_on_the_master_equal_local_mode(resources, hado
             if process.poll() is None:
                 process.kill()
 
-    state = spark_cluster.master_json()
-    finished = {app["name"]: app for app in state["completedapps"]}
+    # The master moves an application to "completed" once it has seen its driver go, a moment after the
+    # driver's process exited.
+    deadline = time.monotonic() + 60
+    while True:
+        state = spark_cluster.master_json()
+        finished = {app["name"]: app for app in state["completedapps"]}
+        if APPS <= set(finished) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert APPS <= set(finished), sorted(finished)
     assert all(finished[name]["state"] == "FINISHED" and finished[name]["cores"] >= 1 for name in APPS)
     assert state["aliveworkers"] == 2
