@@ -73,6 +73,10 @@ class PriceModelsConfig(dg.Config):
     rf_num_trees: int = Field(150, description="random forest: trees (original: 150)")
     rf_max_depth: int = Field(7, description="random forest: depth (original: 7)")
     rf_max_bins: int = Field(128, description="random forest: bins per feature (original: 128)")
+    rf_max_memory_mb: int = Field(512, description="random forest: MB of node statistics gathered per pass over "
+                                                   "the data (Spark's default 256; the same forest, fewer passes)")
+    rf_cache_node_ids: bool = Field(True, description="random forest: keep each row's node between passes "
+                                                      "(Spark's default False; the same forest, faster)")
     gbt_max_iter: int = Field(150, description="gradient-boosted trees: iterations (original: 150)")
     gbt_max_depth: int = Field(7, description="gradient-boosted trees: depth (original: 7)")
     gbt_max_bins: int = Field(128, description="gradient-boosted trees: bins per feature (original: 128)")
