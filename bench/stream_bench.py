@@ -14,6 +14,12 @@ emulator's control endpoint sets the rate and pauses it between phases.
     exactly once.
 The reference in the same script is the emulator's own send rate (what Binance would deliver):
 the ratio printed is landed/sent throughput.
+
+``--stage spark`` measures the Spark job into InfluxDB alone, at its own ceiling: ``--backlog`` generated
+trades (one day's slice of the trade generator, as WebSocket events) are written to the topic directly
+first (the Kafka write rate is printed too), then the Spark job starts on them; throughput = trades / time
+from the first trade queryable to the last, with every trade id checked exactly once. The reference in
+the same run is the rate the backlog was written to Kafka at.
 """
 
 from __future__ import annotations
@@ -41,14 +47,22 @@ from bench.stack_env import use_running_stack  # noqa: E402
 SYMBOL = "BTCUSDT"
 
 
-def count_ids(reader: Influx) -> tuple[int, int]:
-    """(points, distinct trade ids) of the trades measurement."""
-    base = (f'from(bucket: "{reader.bucket}") |> range(start: 0)\n'
+def _trade_ids_query(reader: Influx) -> str:
+    return (f'from(bucket: "{reader.bucket}") |> range(start: 0)\n'
             f'  |> filter(fn: (r) => r._measurement == "{schema.TRADES_MEASUREMENT}" and r._field == "trade_id")\n'
             f'  |> group()')
-    points = reader.query(base + " |> count()")
-    distinct = reader.query(base + ' |> distinct(column: "_value") |> count()')
-    return (points[0]["_value"] if points else 0), (distinct[0]["_value"] if distinct else 0)
+
+
+def count_points(reader: Influx) -> int:
+    """Points of the trades measurement (cheap enough to poll every second)."""
+    points = reader.query(_trade_ids_query(reader) + " |> count()")
+    return points[0]["_value"] if points else 0
+
+
+def count_ids(reader: Influx) -> tuple[int, int]:
+    """(points, distinct trade ids) of the trades measurement."""
+    distinct = reader.query(_trade_ids_query(reader) + ' |> distinct(column: "_value") |> count()')
+    return count_points(reader), (distinct[0]["_value"] if distinct else 0)
 
 
 class LatencyProbe(threading.Thread):
@@ -147,6 +161,56 @@ def run_phase(services: Services, reader: Influx, rate: float, seconds: float, s
     return result
 
 
+def spark_stage(args, reader: Influx, services: Services, bucket: str) -> int:
+    """The Spark job alone: a backlog written to Kafka directly, then drained into InfluxDB."""
+    import json
+
+    from btc_assets.clients import kafka as kafka_io
+    from btc_testkit import generator
+
+    day = generator.generate_day(SYMBOL, "2025-04-01", seed=7, trades=args.backlog)
+    topic = schema.trade_topic(SYMBOL, services.template)
+    # As the producer does: keyed by symbol, so one symbol's trades are one partition (one Spark task).
+    kafka_io.ensure_topic(os.environ["BTC_KAFKA_BOOTSTRAP_SERVERS"], topic,
+                          partitions=int(os.environ.get("BTC_KAFKA_PARTITIONS", "3")))
+    values = [json.dumps(event).encode() for event in generator.live_events(day)]
+    producer = kafka_io.producer(os.environ["BTC_KAFKA_BOOTSTRAP_SERVERS"], linger_ms=50, batch_size=1024 * 1024,
+                                 client_id="stream-bench-backlog")
+    started = time.monotonic()
+    for value in values:
+        producer.send(topic, key=SYMBOL.encode(), value=value)
+    producer.flush()
+    written_s = time.monotonic() - started
+    producer.close()
+    print(f"backlog: {len(values):,} trades written to {topic} in {written_s:.1f}s = "
+          f"{len(values) / written_s:,.0f} trades/s (kafka-python, acks=all, idempotent)", flush=True)
+    services.start("spark-job", "btc_assets.stream.spark_job", "--log-level", "WARNING")
+    if not wait_for(lambda: count_points(reader) > 0, 300):
+        print(f"no trade landed; see {services.logs}", file=sys.stderr)
+        return 1
+    first = time.monotonic()
+    progress, last_count = [], 0
+    while time.monotonic() - first < 900:
+        points = count_points(reader)
+        progress.append((time.monotonic() - first, points))
+        if points >= len(values):
+            break
+        if len(progress) > 30 and progress[-30][1] == points:  # 30 polls without progress: stuck
+            break
+        last_count = points
+        time.sleep(1)
+    drained_s = time.monotonic() - first
+    points, distinct = count_ids(reader)
+    rate = points / drained_s
+    print(f"spark stage: {points:,} points, {distinct:,} distinct ids of {len(values):,} in {drained_s:.1f}s after "
+          f"the first landed = {rate:,.0f} trades/s sustained (Kafka -> Spark -> InfluxDB); "
+          f"ratio to the Kafka write rate {rate / (len(values) / written_s):.2f}")
+    print(f"target >= 50,000 trades/s with zero loss: "
+          f"{'met' if rate >= 50_000 and points == distinct == len(values) else 'NOT met'}"
+          f"{'' if points == distinct == len(values) else f' (LOSS or duplicates; last count {last_count:,})'}")
+    return 0 if points == distinct == len(values) else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rates", default="2000,5000,10000,15000")
@@ -154,6 +218,10 @@ def main() -> int:
     parser.add_argument("--latency-seconds", type=float, default=60.0)
     parser.add_argument("--slack", type=float, default=10.0)
     parser.add_argument("--port", type=int, default=18799, help="the emulator's port")
+    parser.add_argument("--stage", choices=("all", "spark"), default="all",
+                        help="all: emulator -> producer -> Kafka -> Spark -> InfluxDB; spark: Kafka -> Spark -> "
+                             "InfluxDB alone, on a backlog written to Kafka first")
+    parser.add_argument("--backlog", type=int, default=1_500_000, help="--stage spark: trades in the backlog")
     args = parser.parse_args()
 
     if not use_running_stack("hadoop", "kafka", "influxdb"):
@@ -165,6 +233,12 @@ def main() -> int:
     reader = Influx(os.environ["BTC_INFLUX_URL"], os.environ["BTC_INFLUX_ORG"], bucket,
                     os.environ["BTC_INFLUX_READ_TOKEN"])
     services = Services(run, bucket, args.port)
+    if args.stage == "spark":
+        try:
+            return spark_stage(args, reader, services, bucket)
+        finally:
+            services.stop()
+            admin.client.buckets_api().delete_bucket(bucket_id)
     results = []
     try:
         services.start("spark-job", "btc_assets.stream.spark_job", "--log-level", "WARNING")
