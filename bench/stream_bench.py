@@ -161,7 +161,7 @@ def run_phase(services: Services, reader: Influx, rate: float, seconds: float, s
     return result
 
 
-def spark_stage(args, reader: Influx, services: Services, bucket: str) -> int:
+def spark_stage(args, reader: Influx, services: Services) -> int:
     """The Spark job alone: a backlog written to Kafka directly, then drained into InfluxDB."""
     import json
 
@@ -188,18 +188,18 @@ def spark_stage(args, reader: Influx, services: Services, bucket: str) -> int:
     if not wait_for(lambda: count_points(reader) > 0, 300):
         print(f"no trade landed; see {services.logs}", file=sys.stderr)
         return 1
-    first = time.monotonic()
-    progress, last_count = [], 0
-    while time.monotonic() - first < 900:
-        points = count_points(reader)
-        progress.append((time.monotonic() - first, points))
+    first = changed = time.monotonic()
+    points = 0
+    # Until all landed, or 30 s without a new point (stuck), or 15 minutes.
+    while time.monotonic() - first < 900 and time.monotonic() - changed < 30:
+        landed = count_points(reader)
+        if landed != points:
+            points, changed = landed, time.monotonic()
         if points >= len(values):
             break
-        if len(progress) > 30 and progress[-30][1] == points:  # 30 polls without progress: stuck
-            break
-        last_count = points
         time.sleep(1)
     drained_s = time.monotonic() - first
+    last_count = points
     points, distinct = count_ids(reader)
     rate = points / drained_s
     print(f"spark stage: {points:,} points, {distinct:,} distinct ids of {len(values):,} in {drained_s:.1f}s after "
@@ -235,7 +235,7 @@ def main() -> int:
     services = Services(run, bucket, args.port)
     if args.stage == "spark":
         try:
-            return spark_stage(args, reader, services, bucket)
+            return spark_stage(args, reader, services)
         finally:
             services.stop()
             admin.client.buckets_api().delete_bucket(bucket_id)

@@ -43,6 +43,14 @@ TARGET_RATIO = 0.3  # ... a ratio of at most 0.3 against the seed set-up's train
 SIGNALS = {"noise": 0.0, "signal": 0.0015}
 
 
+def training_frames(spark, storage):
+    """What ``training_set`` builds from the bars in HDFS: (features frame, split plan, labelled frame), cached."""
+    frame = features.build_training_frame(
+        features.read_minute_bars(spark, storage.url(storage.path("agg/minute")))).cache()
+    plan = features.plan_split(features.training_days(frame))
+    return frame, plan, features.label_split(frame, plan).cache()
+
+
 def run(dataset: str, args, spark, storage) -> tuple[float, str]:
     started = time.monotonic()
     bars = known_bars.generated_bars(args.first_day, args.days, symbol=SYMBOL, trades_per_day=args.trades_per_day,
@@ -53,10 +61,7 @@ def run(dataset: str, args, spark, storage) -> tuple[float, str]:
           f"in {time.monotonic() - started:.1f}s")
 
     started = time.monotonic()
-    frame = features.build_training_frame(
-        features.read_minute_bars(spark, storage.url(storage.path("agg/minute")))).cache()
-    plan = features.plan_split(features.training_days(frame))
-    labelled = features.label_split(frame, plan).cache()
+    frame, plan, labelled = training_frames(spark, storage)
     train, validation, test = features.chronological_split(labelled)
     print(f"[{dataset}] training frame: {labelled.count():,} rows in {time.monotonic() - started:.1f}s; "
           f"split {plan.boundaries()}")
@@ -99,11 +104,9 @@ LEVERS = {  # name -> (ModelParams overrides, train_models(cache=...), spark.sql
 }
 
 
-def levers(dataset: str, args, spark) -> str:
+def levers(dataset: str, spark, storage) -> str:
     """Each lever of the training time taken away on its own, same data, same session: what it is worth."""
-    frame = features.build_training_frame(features.read_minute_bars(spark, bench_storage(ROOT).url(
-        bench_storage(ROOT).path("agg/minute")))).cache()
-    labelled = features.label_split(frame, features.plan_split(features.training_days(frame))).cache()
+    frame, _, labelled = training_frames(spark, storage)
     train, validation, test = features.chronological_split(labelled)
     rows = ["| variant | LR | RF | GBT | total | vs as shipped |", "|---|---:|---:|---:|---:|---:|"]
     shipped = None
@@ -149,7 +152,7 @@ def main() -> int:
         for dataset in args.datasets.split(","):
             reports.append(run(dataset.strip(), args, spark, storage))
         if args.levers:  # on the last dataset's bars, still in HDFS
-            reports.append((0.0, levers(args.datasets.split(",")[-1].strip(), args, spark)))
+            reports.append((0.0, levers(args.datasets.split(",")[-1].strip(), spark, storage)))
     finally:
         storage.fs.delete(ROOT, recursive=True)
         spark.stop()

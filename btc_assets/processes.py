@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import psutil
@@ -135,13 +136,17 @@ class ManagedProcess:
     def log_tail(self, lines: int = 20) -> str:
         return _tail(self.log_file, lines)
 
-    def wait_until(self, ready, *, component: str, what: str, timeout: float = 120.0) -> None:
-        """Poll ``ready()`` until true; fail early, with the log's tail, if the process died."""
+    def wait_until(self, ready, *, component: str, what: str, timeout: float = 120.0,
+                   also: Iterable[ManagedProcess] = ()) -> None:
+        """Poll ``ready()`` until true; fail early, with the log's tail, if the process (or one of ``also``,
+        the other nodes the readiness depends on) died."""
+        watched = [self, *(proc for proc in also if proc is not self)]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self.is_running():
-                raise ProcessError(f"{component}: {self.name} exited while starting; log {self.log_file}:\n"
-                                   f"{self.log_tail()}")
+            for proc in watched:
+                if not proc.is_running():
+                    raise ProcessError(f"{component}: {proc.name} exited while starting; log {proc.log_file}:\n"
+                                       f"{proc.log_tail()}")
             try:
                 if ready():
                     return

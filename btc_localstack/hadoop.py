@@ -36,6 +36,7 @@ from btc_assets.clients.storage import WebHDFS
 from .base import (
     REPO_ROOT,
     ManagedProcess,
+    ProcessError,
     Service,
     StackError,
     ensure_port_free,
@@ -517,7 +518,8 @@ class HadoopService(Service):
                 self.start_daemon(kind, node)
             self.namenode.wait_until(self._namenode_ready, component=self.name,
                                      what="NameNode (out of safe mode)", timeout=180)
-            self.datanode.wait_until(self._datanodes_live, component=self.name,
+            # Every DataNode watched: a second one's bind error fails the wait at once, with its own log.
+            self.datanode.wait_until(self._datanodes_live, component=self.name, also=self.datanodes,
                                      what=f"{self.topology.datanodes} DataNode registration(s)", timeout=180)
             self._probe_error = ""
             self.datanode.wait_until(self._write_probe, component=self.name,
@@ -527,11 +529,12 @@ class HadoopService(Service):
                 for proc, kind, node in self._daemons()[1 + self.topology.datanodes:]:
                     self.start_daemon(kind, node)
                 self.resourcemanager.wait_until(self._nodemanagers_running, component=self.name,
+                                                also=self.nodemanagers,
                                                 what=f"ResourceManager with {self.topology.nodemanagers} "
                                                      "running NodeManagers", timeout=180)
                 self.historyserver.wait_until(self._historyserver_ready, component=self.name,
                                               what="JobHistory server", timeout=120)
-        except StackError as exc:
+        except ProcessError as exc:  # a StackError, or a daemon that died or never got ready in wait_until
             self.stop(kill=True)
             extra = f"\nlast test-write error: {self._probe_error}" if self._probe_error else ""
             raise StackError(f"{exc}{extra}\nNameNode log: {self.namenode.log_file}") from exc
@@ -597,17 +600,7 @@ class HadoopService(Service):
     def live_datanodes(self) -> int:
         return int(self._jmx("Hadoop:service=NameNode,name=FSNamesystemState").get("NumLiveDataNodes", 0))
 
-    def _all_running(self, procs: list[ManagedProcess]) -> None:
-        """Raise (so ``wait_until`` stops at once) if one of several nodes died while starting: the
-        wait is on the first one's process, and a second node's bind error would otherwise only show
-        as a timeout with the first node's log."""
-        for proc in procs:
-            if not proc.is_running():
-                raise StackError(f"{self.name}: {proc.name} exited while starting; log {proc.log_file}:\n"
-                                 f"{proc.log_tail()}")
-
     def _datanodes_live(self) -> bool:
-        self._all_running(self.datanodes)
         return self.live_datanodes() >= self.topology.datanodes
 
     def yarn_rest(self, path: str, *, base: str | None = None) -> dict:
@@ -622,7 +615,6 @@ class HadoopService(Service):
         return [node for node in nodes if node.get("state") == "RUNNING"]
 
     def _nodemanagers_running(self) -> bool:
-        self._all_running(self.nodemanagers)
         return len(self.running_nodemanagers()) >= self.topology.nodemanagers
 
     def _historyserver_ready(self) -> bool:

@@ -21,6 +21,7 @@ import pytest
 
 from btc_assets.contracts import schema
 from btc_assets.defs.resources import InfluxResource
+from btc_assets_tests.stream.spark_fixtures import wait_for
 from btc_localstack.base import REPO_ROOT
 
 # A process has one SparkContext: the three assets share the application the first of them created.
@@ -75,13 +76,13 @@ def test_training_and_predictions_on_the_master_equal_local_mode(resources, hado
 
     # The master moves an application to "completed" once it has seen its driver go, a moment after the
     # driver's process exited.
-    deadline = time.monotonic() + 60
-    while True:
-        state = spark_cluster.master_json()
-        finished = {app["name"]: app for app in state["completedapps"]}
-        if APPS <= set(finished) or time.monotonic() > deadline:
-            break
-        time.sleep(1)
+    def completed() -> dict[str, dict]:
+        return {app["name"]: app for app in spark_cluster.master_json()["completedapps"]}
+
+    wait_for(lambda: APPS <= set(completed()), timeout=60, what="the runs' applications completed on the master",
+             state=lambda: sorted(completed()))
+    state = spark_cluster.master_json()
+    finished = {app["name"]: app for app in state["completedapps"]}
     assert APPS <= set(finished), sorted(finished)
     assert all(finished[name]["state"] == "FINISHED" and finished[name]["cores"] >= 1 for name in APPS)
     assert state["aliveworkers"] == 2
