@@ -115,6 +115,9 @@ STREAM_SETTINGS = (
     Setting("BTC_STREAM_INFLUX_RETRY_SECONDS", "600",
             "Spark streaming job: how long a batch keeps retrying an unreachable InfluxDB before it fails"),
     Setting("BTC_STREAM_HEALTH_SECONDS", "5", "Spark streaming job and producer: pipeline_health heartbeat interval"),
+    Setting("BTC_STREAM_PREDICTIONS_MODELS", "lr,rf,gbt,persistence",
+            "Spark streaming job: the saved models that score each completed minute bar into price_predictions "
+            "('none': no live predictions)"),
     Setting("BTC_STREAM_STALL_SECONDS", "120",
             "stream_health_sensor: a heartbeat (or the newest trade) older than this means the component is down"),
     Setting("BTC_STREAM_RESTART_COOLDOWN_SECONDS", "600",
@@ -258,6 +261,14 @@ def parse_symbols(raw: str) -> list[str]:
 
 def symbols() -> list[str]:
     return parse_symbols(get("BTC_SYMBOLS"))
+
+
+def model_list(raw: str) -> tuple[str, ...]:
+    """A comma-separated list of model names (``none`` or empty: no model); unknown names are the caller's to
+    reject, since the models are named in the contracts."""
+    if raw.strip().lower() in ("", "none"):
+        return ()
+    return tuple(dict.fromkeys(name.strip().lower() for name in raw.split(",") if name.strip()))
 
 
 def env_example() -> str:

@@ -323,16 +323,28 @@ def model_versions(storage: Storage, name: str) -> list[str]:
                   if storage.fs.exists(f"{parent}/{version}/{schema.MODEL_METRICS_FILE}"))
 
 
+def newest_version(storage: Storage, name: str) -> str | None:
+    """The newest complete version of a model, or None: one listing, then a ``metrics.json`` lookup per version
+    from the newest down (a version still being written has none yet)."""
+    parent = schema.model_dir(storage.root, name, "").rstrip("/")
+    if not storage.fs.exists(parent):
+        return None
+    for version in sorted((status.path.rsplit("/", 1)[-1] for status in storage.fs.list(parent) if status.is_dir),
+                          reverse=True):
+        if storage.fs.exists(f"{parent}/{version}/{schema.MODEL_METRICS_FILE}"):
+            return version
+    return None
+
+
 def load_model(storage: Storage, name: str, version: str | None = None) -> tuple[PipelineModel, dict]:
     """A saved model and its metrics; the newest complete version unless ``version`` is given."""
     from pyspark.ml import PipelineModel
 
     if version is None:
-        versions = model_versions(storage, name)
-        if not versions:
+        version = newest_version(storage, name)
+        if version is None:
             raise FileNotFoundError(f"no saved version of {name!r} under {storage.url(storage.root)}/models: "
                                     "materialize price_models first")
-        version = versions[-1]
     directory = schema.model_dir(storage.root, name, version)
     metrics = json.loads(storage.fs.read(f"{directory}/{schema.MODEL_METRICS_FILE}"))
     return PipelineModel.load(storage.url(directory)), metrics

@@ -53,11 +53,17 @@ def history_minutes(minutes: int) -> int:
     return minutes + 3 * features.LOOKBACK_BARS
 
 
-def bars_flux(bucket: str, symbols: Sequence[str], minutes: int) -> str:
-    """Flux for the last ``minutes`` of ``bars_1m`` of ``symbols``, one row per bar with every field."""
+def bars_flux(bucket: str, symbols: Sequence[str], minutes: int, through_minute: int | None = None) -> str:
+    """Flux for the last ``minutes`` of ``bars_1m`` of ``symbols``, one row per bar with every field: up to now,
+    or up to and including the minute ``through_minute`` (minutes since the epoch)."""
     wanted = " or ".join(f'r.{schema.SYMBOL_TAG} == "{symbol}"' for symbol in symbols)
+    if through_minute is None:
+        span = f"start: -{int(minutes)}m"
+    else:
+        stop = (int(through_minute) + 1) * 60
+        span = f"start: {stop - int(minutes) * 60}, stop: {stop}"
     return (f'from(bucket: "{bucket}")\n'
-            f"  |> range(start: -{int(minutes)}m)\n"
+            f"  |> range({span})\n"
             f'  |> filter(fn: (r) => r._measurement == "{schema.BARS_MEASUREMENT}")\n'
             f"  |> filter(fn: (r) => {wanted})\n"
             f'  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")\n'
@@ -65,12 +71,14 @@ def bars_flux(bucket: str, symbols: Sequence[str], minutes: int) -> str:
             + ", ".join(f'"{name}"' for name in schema.BAR_MEASUREMENT_FIELDS) + "])")
 
 
-def read_live_bars(reader: Influx, symbols: Sequence[str], minutes: int) -> pd.DataFrame:
-    """The last ``minutes`` of live bars: ``symbol``, ``minute`` (UTC timestamp) and the contract's bar fields.
+def read_live_bars(reader: Influx, symbols: Sequence[str], minutes: int,
+                   through_minute: int | None = None) -> pd.DataFrame:
+    """The last ``minutes`` of live bars (up to now, or through the minute ``through_minute``): ``symbol``,
+    ``minute`` (UTC timestamp) and the contract's bar fields.
 
     A bar missing a field (a partial write) is left out rather than guessed.
     """
-    rows = reader.query(bars_flux(reader.bucket, symbols, minutes))
+    rows = reader.query(bars_flux(reader.bucket, symbols, minutes, through_minute))
     columns = [features.SYMBOL, schema.MINUTE, *schema.BAR_MEASUREMENT_FIELDS]
     if not rows:
         return pd.DataFrame(columns=columns)

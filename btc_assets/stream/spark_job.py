@@ -108,11 +108,26 @@ class StreamSettings:
     restart_delay_seconds: float = 5.0  # between a query's death and its restart
     stop_timeout_seconds: float = 60.0  # how long a stop waits for the running micro-batch
     starting_offsets: str = "earliest"  # on a fresh checkpoint only; afterwards the checkpoint decides
+    # Live predictions (btc_assets.stream.scorer): the saved models under <checkpoint_root>/models score each
+    # completed minute. Off without models to use, a read token (the bars are read back) or WebHDFS.
+    predictions_models: tuple[str, ...] = ()
+    influx_read_token: str = ""
+    webhdfs_url: str = ""
+    predictions_rescore_minutes: int = 3
 
     def __post_init__(self):
         bad = [symbol for symbol in self.symbols if not re.fullmatch(r"[A-Z0-9]+", symbol)]
         if bad or not self.symbols:
             raise ValueError(f"symbols must be upper-case letters and digits, got {list(self.symbols)}")
+        unknown = sorted(set(self.predictions_models) - set(schema.MODELS))
+        if unknown:
+            raise ValueError(f"BTC_STREAM_PREDICTIONS_MODELS: unknown models {unknown}; choose from "
+                             f"{', '.join(schema.MODELS)} (or 'none')")
+
+    @property
+    def predicts(self) -> bool:
+        """Whether the job scores completed minutes (models named, and the read token and WebHDFS it needs)."""
+        return bool(self.predictions_models and self.influx_read_token and self.webhdfs_url)
 
     @property
     def topics(self) -> tuple[str, ...]:
@@ -149,6 +164,9 @@ class StreamSettings:
             max_offsets_per_trigger=int(env["BTC_STREAM_MAX_OFFSETS_PER_TRIGGER"]),
             influx_retry_seconds=float(env["BTC_STREAM_INFLUX_RETRY_SECONDS"]),
             health_seconds=float(env["BTC_STREAM_HEALTH_SECONDS"]),
+            predictions_models=config.model_list(env["BTC_STREAM_PREDICTIONS_MODELS"]),
+            influx_read_token=config.get_optional("BTC_INFLUX_READ_TOKEN") or "",
+            webhdfs_url=config.get_optional("BTC_WEBHDFS_URL") or "",
         )
         values.update(overrides)
         if not values["influx_token"]:
@@ -495,16 +513,19 @@ class TradesWriter:
 
 
 class BarsWriter:
-    """foreachBatch of query "bars": the minutes this batch changed -> Influx `bars_1m` (whole minute so far)."""
+    """foreachBatch of query "bars": the minutes this batch changed -> Influx `bars_1m` (whole minute so far);
+    then ``on_written(minutes)`` (the live scorer learns which minutes are complete)."""
 
-    def __init__(self, sink: InfluxSink, stats: ComponentStats):
-        self.sink, self.stats = sink, stats
+    def __init__(self, sink: InfluxSink, stats: ComponentStats, on_written=None):
+        self.sink, self.stats, self.on_written = sink, stats, on_written
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
-        lines = [points.bar_line(row["symbol"], partial_of(row).bar(row[schema.MINUTE]))
-                 for row in batch.toArrow().to_pylist()]
+        rows = batch.toArrow().to_pylist()
+        lines = [points.bar_line(row["symbol"], partial_of(row).bar(row[schema.MINUTE])) for row in rows]
         self.sink.write(lines)
         self.stats.add(batches=1, points=len(lines))
+        if self.on_written is not None and rows:
+            self.on_written([int(row[schema.MINUTE]) for row in rows])
 
 
 # --- the job: two queries, a supervisor, health -----------------------------------------------
@@ -581,11 +602,28 @@ class SparkStreamJob:
         self._started = threading.Event()
         self.sinks = {name: InfluxSink(settings, self.stats[name], self._abort) for name in COMPONENTS}
         self.dead_letters = DeadLetters(settings.bootstrap_servers)
+        self.scorer = self._scorer() if settings.predicts else None
         self.writers = {TRADES: TradesWriter(self.sinks[TRADES], self.dead_letters, self.stats[TRADES]),
-                        BARS: BarsWriter(self.sinks[BARS], self.stats[BARS])}
+                        BARS: BarsWriter(self.sinks[BARS], self.stats[BARS],
+                                         self.scorer.bars_written if self.scorer else None)}
         self.health = Influx(settings.influx_url, settings.influx_org, settings.influx_bucket,
                              settings.influx_token, timeout_ms=5000)
         self.kafka_ends = KafkaEnds(settings.bootstrap_servers)
+
+    def _scorer(self):
+        from urllib.parse import urlparse
+
+        from btc_assets.clients.storage import Storage
+        from btc_assets.stream.scorer import COMPONENT, LiveScorer
+
+        root = urlparse(self.settings.checkpoint_root)
+        storage = Storage.for_url(f"{root.scheme}://{root.netloc}", root.path or "/",
+                                  webhdfs_url=self.settings.webhdfs_url)
+        reader = Influx(self.settings.influx_url, self.settings.influx_org, self.settings.influx_bucket,
+                        self.settings.influx_read_token, timeout_ms=10_000)
+        self.sinks[COMPONENT] = InfluxSink(self.settings, ComponentStats(COMPONENT), self._abort)
+        return LiveScorer(self.spark, storage, reader, self.sinks[COMPONENT].write, self.settings.symbols,
+                          self.settings.predictions_models, self.settings.predictions_rescore_minutes)
 
     # -- the queries ------------------------------------------------------------------------------
     def _trades_query(self) -> StreamingQuery:
@@ -633,6 +671,10 @@ class SparkStreamJob:
         """The supervisor loop until a stop is requested; 0 after a clean stop."""
         try:
             self._ensure_topics()
+            if self.scorer is not None:
+                self.scorer.start()
+                log.info("live predictions on: %s from %s/models", ",".join(self.settings.predictions_models),
+                         self.settings.checkpoint_root)
             next_health = 0.0
             while not self._stop_requested.is_set():
                 for name in COMPONENTS:
@@ -693,9 +735,13 @@ class SparkStreamJob:
             except Exception as error:  # noqa: BLE001
                 log.warning("query %s did not stop cleanly: %s", COMPONENTS[name], error)
             log.info("query %s stopped", COMPONENTS[name])
+        if self.scorer is not None:
+            self.scorer.stop()
         try:
             self.report_health()
         finally:
+            if self.scorer is not None:
+                self.scorer.reader.close()
             for sink in self.sinks.values():
                 sink.close()
             self.dead_letters.close()
@@ -732,6 +778,10 @@ class SparkStreamJob:
         ends = self._topic_ends()
         now_ns = time.time_ns()
         lines = [points.health_line(COMPONENTS[name], self.health_fields(name, ends), now_ns) for name in COMPONENTS]
+        if self.scorer is not None:
+            from btc_assets.stream.scorer import COMPONENT
+
+            lines.append(points.health_line(COMPONENT, self.scorer.health_fields(), now_ns))
         try:
             self.health.write_lines(lines)
         except Exception as error:  # noqa: BLE001 - Influx away: the next report will do
