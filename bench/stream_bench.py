@@ -20,6 +20,15 @@ trades (one day's slice of the trade generator, as WebSocket events) are written
 first (the Kafka write rate is printed too), then the Spark job starts on them; throughput = trades / time
 from the first trade queryable to the last, with every trade id checked exactly once. The reference in
 the same run is the rate the backlog was written to Kafka at.
+
+``--stage predictions`` measures live predictions (btc_assets.stream.scorer) for ``--minutes`` of live stream:
+LR, RF and GBT with the original hyperparameters (and persistence), trained on generated days and saved under
+the run's own root, score each completed minute of two symbols at 300 trades/s. A poller asks InfluxDB every
+250 ms for the newest bars and predictions: a bar is complete when its final value is queryable and so is a
+bar of a later minute (until the next minute's trades arrive a bar may still change: the stream's own rule),
+and the latency is from then to the first time its prediction (of the minute after) is queryable, per symbol
+and model. Printed: p50/p99/max, the minutes that never got a prediction, and the latency from the minute's close
+(the bar's end) as a reference; the target is p99 <= 5 s.
 """
 
 from __future__ import annotations
@@ -90,10 +99,11 @@ class LatencyProbe(threading.Thread):
 class Services:
     """The emulator, the producer and the Spark job as separate processes, as they run for real."""
 
-    def __init__(self, run: str, bucket: str, port: int):
+    def __init__(self, run: str, bucket: str, port: int, symbols: tuple[str, ...] = (SYMBOL,)):
         self.port, self.template = port, "{symbol}-TRADES-bench-" + run
-        self.env = dict(os.environ, BTC_SYMBOLS=SYMBOL, BTC_KAFKA_TOPIC_TEMPLATE=self.template,
-                        BTC_INFLUX_BUCKET=bucket, BTC_STORAGE_ROOT=f"/btc-bench/stream-{run}")
+        self.root = f"/btc-bench/stream-{run}"
+        self.env = dict(os.environ, BTC_SYMBOLS=",".join(symbols), BTC_KAFKA_TOPIC_TEMPLATE=self.template,
+                        BTC_INFLUX_BUCKET=bucket, BTC_STORAGE_ROOT=self.root)
         self.logs = Path(tempfile.mkdtemp(prefix="btc-stream-bench-"))
         self.processes: list[subprocess.Popen] = []
 
@@ -211,6 +221,117 @@ def spark_stage(args, reader: Influx, services: Services) -> int:
     return 0 if points == distinct == len(values) else 1
 
 
+class PredictionProbe(threading.Thread):
+    """Every 250 ms: the newest bars and predictions, and when each value was first queryable."""
+
+    def __init__(self, reader: Influx):
+        super().__init__(daemon=True)
+        self.reader, self.stopping = reader, threading.Event()
+        self.bar_seen: dict[tuple[str, int], list[tuple[float, int]]] = {}  # (symbol, minute) -> [(seen, trades)]
+        self.prediction_seen: dict[tuple[str, str, int], float] = {}  # (symbol, model, minute predicted) -> seen
+
+    def run(self) -> None:
+        bucket = self.reader.bucket
+        self.first_look = time.time() + 1.0
+        while not self.stopping.is_set():
+            started = time.time()
+            try:
+                bars = self.reader.query(
+                    f'from(bucket: "{bucket}") |> range(start: -3m)'
+                    f' |> filter(fn: (r) => r._measurement == "{schema.BARS_MEASUREMENT}" and r._field == "trades")')
+                predicted = self.reader.query(
+                    f'from(bucket: "{bucket}") |> range(start: -4m, stop: 2m)'
+                    f' |> filter(fn: (r) => r._measurement == "{schema.PREDICTIONS_MEASUREMENT}"'
+                    ' and r._field == "predicted_price")')
+            except Exception as error:  # noqa: BLE001 - a slow answer: the next look will do
+                print(f"probe: {error}", file=sys.stderr)
+                continue
+            seen = time.time()
+            for row in bars:
+                history = self.bar_seen.setdefault((row[schema.SYMBOL_TAG], int(row["_time"].timestamp()) // 60), [])
+                if not history or history[-1][1] != row["_value"]:
+                    history.append((seen, int(row["_value"])))
+            for row in predicted:
+                key = (row[schema.SYMBOL_TAG], row[schema.MODEL_TAG], int(row["_time"].timestamp()) // 60)
+                self.prediction_seen.setdefault(key, seen)
+            time.sleep(max(0.0, 0.25 - (time.time() - started)))
+
+    def latencies(self, models: tuple[str, ...]) -> tuple[list[float], list[float], list[tuple[str, int]]]:
+        """(bar complete -> prediction, minute closed -> prediction, minutes without one), seconds."""
+        from_bar, from_close, missed = [], [], []
+        newest = max(minute for _, minute in self.bar_seen)
+        for (symbol, minute), history in sorted(self.bar_seen.items()):
+            # Complete: its final value queryable, and a bar of a later minute too (the stream's own rule: until
+            # the next minute's trades arrive, the bar may still change).
+            complete = max(history[-1][0], min(seen for (_, later), values in self.bar_seen.items()
+                                               if later > minute for seen, _ in values[:1]))
+            if minute >= newest - 1 or complete <= self.first_look:
+                continue  # still trading or maybe not scored yet; or final before the probe's first look
+            for model in models:
+                seen = self.prediction_seen.get((symbol, model, minute + 1))
+                if seen is None:
+                    missed.append((symbol, minute))
+                    continue
+                from_bar.append(seen - complete)
+                from_close.append(seen - (minute + 1) * 60)
+        return from_bar, from_close, missed
+
+
+def _percentiles(values: list[float]) -> str:
+    ordered = sorted(values)
+    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    return f"p50 {statistics.median(ordered):.2f} s, p99 {p99:.2f} s, max {ordered[-1]:.2f} s over {len(ordered)}"
+
+
+def predictions_stage(args, reader: Influx, services: Services, symbols: tuple[str, ...]) -> int:
+    """Live predictions for ``--minutes``: bar complete -> prediction queryable."""
+    from btc_assets.clients.storage import Storage
+    from btc_assets.defs.resources import SparkResource
+    from btc_assets.ml import features, models
+    from btc_testkit import bars as known_bars
+
+    env = os.environ
+    storage = Storage.for_url(env["BTC_HDFS_URL"], services.root, webhdfs_url=env["BTC_WEBHDFS_URL"])
+    spark = SparkResource(master=env["BTC_SPARK_MASTER"], driver_memory=env["BTC_SPARK_DRIVER_MEMORY"],
+                          hdfs_url=env["BTC_HDFS_URL"]).session("btc-stream-bench-models")
+    started = time.monotonic()
+    bars = known_bars.generated_bars("2025-03-01", 5, trades_per_day=200_000, seed=5, taker_signal=0.0015)
+    frame = features.build_training_frame(spark.createDataFrame(bars.assign(symbol=SYMBOL)))
+    train, validation, test = features.chronological_split(frame, features.plan_split(features.training_days(frame)))
+    results = models.train_models(train, validation, test, models.ModelParams(), log=lambda _: None)
+    for name, result in results.models.items():
+        models.save_model(storage, name, "v1", result.model, result.metrics_document(version="v1"))
+    spark.stop()
+    names = tuple(results.models)
+    print(f"models {', '.join(names)} (original hyperparameters) trained and saved under {services.root} in "
+          f"{time.monotonic() - started:.0f}s", flush=True)
+    services.start("spark-job", "btc_assets.stream.spark_job", "--log-level", "WARNING")
+    services.start("binance-emulator", "btc_testkit.binance_emulator", "--port", str(args.port), "--rate", "300",
+                   "--symbols", ",".join(symbols), "--seed", "7", "--warmup-minutes", "20")
+    services.start("producer", "btc_assets.stream.producer", "--ws-url", f"ws://127.0.0.1:{args.port}",
+                   "--rest-url", f"http://127.0.0.1:{args.port}", "--log-level", "WARNING")
+    probe = PredictionProbe(reader)
+    if not wait_for(lambda: reader.query(
+            f'from(bucket: "{reader.bucket}") |> range(start: -10m, stop: 2m) '
+            f'|> filter(fn: (r) => r._measurement == "{schema.PREDICTIONS_MEASUREMENT}") |> limit(n: 1)'), 300):
+        print(f"no prediction in 300 s; see {services.logs}", file=sys.stderr)
+        return 1
+    probe.start()
+    print(f"live predictions of {', '.join(symbols)} at 300 trades/s for {args.minutes:.0f} minutes …", flush=True)
+    time.sleep(args.minutes * 60)
+    probe.stopping.set()
+    probe.join()
+    from_bar, from_close, missed = probe.latencies(names)
+    print(f"bar complete -> prediction queryable: {_percentiles(from_bar)} (symbol x model x minute)")
+    print(f"minute closed -> prediction queryable (reference: includes the bars trigger, "
+          f"BTC_STREAM_BARS_TRIGGER): {_percentiles(from_close)}")
+    print(f"minutes with a complete bar but no prediction: {len(missed)}" + (f" e.g. {missed[:5]}" if missed else ""))
+    p99 = sorted(from_bar)[min(len(from_bar) - 1, int(0.99 * len(from_bar)))]
+    print(f"target p99 <= 5 s for every symbol: {'met' if p99 <= 5.0 and not missed else 'NOT met'} "
+          f"(ratio p99 / 5 s = {p99 / 5.0:.2f})")
+    return 0 if not missed else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rates", default="2000,5000,10000,15000")
@@ -218,9 +339,11 @@ def main() -> int:
     parser.add_argument("--latency-seconds", type=float, default=60.0)
     parser.add_argument("--slack", type=float, default=10.0)
     parser.add_argument("--port", type=int, default=18799, help="the emulator's port")
-    parser.add_argument("--stage", choices=("all", "spark"), default="all",
+    parser.add_argument("--stage", choices=("all", "spark", "predictions"), default="all",
                         help="all: emulator -> producer -> Kafka -> Spark -> InfluxDB; spark: Kafka -> Spark -> "
-                             "InfluxDB alone, on a backlog written to Kafka first")
+                             "InfluxDB alone, on a backlog written to Kafka first; predictions: bar complete -> "
+                             "prediction queryable, over --minutes of live stream")
+    parser.add_argument("--minutes", type=float, default=30.0, help="--stage predictions: how long to measure")
     parser.add_argument("--backlog", type=int, default=1_500_000, help="--stage spark: trades in the backlog")
     args = parser.parse_args()
 
@@ -232,7 +355,18 @@ def main() -> int:
     bucket_id = admin.ensure_bucket(bucket)
     reader = Influx(os.environ["BTC_INFLUX_URL"], os.environ["BTC_INFLUX_ORG"], bucket,
                     os.environ["BTC_INFLUX_READ_TOKEN"])
-    services = Services(run, bucket, args.port)
+    symbols = (SYMBOL, "ETHUSDT") if args.stage == "predictions" else (SYMBOL,)
+    services = Services(run, bucket, args.port, symbols)
+    if args.stage == "predictions":
+        try:
+            return predictions_stage(args, reader, services, symbols)
+        finally:
+            services.stop()
+            admin.client.buckets_api().delete_bucket(bucket_id)
+            from btc_assets.clients.storage import Storage
+
+            Storage.for_url(os.environ["BTC_HDFS_URL"], services.root,
+                            webhdfs_url=os.environ["BTC_WEBHDFS_URL"]).fs.delete(services.root, recursive=True)
     if args.stage == "spark":
         try:
             return spark_stage(args, reader, services)

@@ -110,23 +110,24 @@ def predict_live(spark: SparkSession, fitted: Mapping[str, PipelineModel], bars:
     ``minute_index``, ``close``, ``next_close`` (the actual, NaN until that minute's bar exists) and
     ``predicted_<model>`` (USD) per model: the shape ``models.evaluation_png`` plots.
     """
+    if not len(bars):
+        return pd.DataFrame()
     labelled = bars.assign(**{schema.MINUTE: bars[schema.MINUTE].dt.strftime(schema.MINUTE_FORMAT)})
+    newest = int(bars[schema.MINUTE].max().timestamp()) // 60
     frame = features.feature_frame(spark.createDataFrame(labelled[[features.SYMBOL, *schema.BAR_FIELDS]]))
-    frame = frame.dropna(subset=list(features.FEATURES)).cache()
-    try:
-        newest = frame.agg({features.MINUTE_INDEX: "max"}).first()[0]
-        if newest is None:
-            return pd.DataFrame()
-        frame = frame.where(frame[features.MINUTE_INDEX] > newest - minutes)
-        out = None
-        for name, model in fitted.items():
-            predicted = models.predict(model, frame)
-            if out is None:
-                out = predicted[[features.SYMBOL, schema.MINUTE, features.MINUTE_INDEX, features.CLOSE,
-                                 features.NEXT_CLOSE]].copy()
-            out[f"predicted_{name}"] = predicted["predicted_price"].to_numpy()
-    finally:
-        frame.unpersist()
+    frame = frame.dropna(subset=list(features.FEATURES)).where(frame[features.MINUTE_INDEX] > newest - minutes)
+    # Every model on the same rows in one Spark job (a job per model costs a scheduling round trip each, which
+    # the live scorer pays every minute): each adds its return column and drops its feature vector.
+    for name, model in fitted.items():
+        frame = (model.transform(frame).withColumnRenamed(models.PREDICTION, f"return_{name}")
+                 .drop(models.FEATURE_VECTOR))
+    keys = [features.SYMBOL, schema.MINUTE, features.MINUTE_INDEX, features.CLOSE, features.NEXT_CLOSE]
+    out = (frame.select(*keys, *(f"return_{name}" for name in fitted)).toPandas()
+           .sort_values([features.SYMBOL, features.MINUTE_INDEX], ignore_index=True))
+    if out.empty:
+        return pd.DataFrame()
+    for name in fitted:
+        out[f"predicted_{name}"] = out[features.CLOSE] * (1.0 + out.pop(f"return_{name}"))
     out[features.NEXT_CLOSE] = out[features.NEXT_CLOSE].astype(float)
     out[TARGET_MINUTE] = pd.to_datetime(out[schema.MINUTE], utc=True) + pd.Timedelta(minutes=1)
     return out

@@ -192,7 +192,7 @@ class LiveScorer:
         minutes = min(new, MAX_CATCH_UP_MINUTES) + self.rescore_minutes - 1
         bars = predictions.read_live_bars(self.reader, self.symbols, predictions.history_minutes(minutes),
                                           through_minute=complete)
-        frame = predictions.predict_live(self.spark, self.fitted, bars, minutes) if len(bars) else bars.iloc[0:0]
+        frame = predictions.predict_live(self.spark, self.fitted, bars, minutes)
         names = [name for name in self.model_names if name in self.fitted]
         lines = predictions.prediction_lines(frame, names) if len(frame) else []
         if lines:
