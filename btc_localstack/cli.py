@@ -136,14 +136,11 @@ def cmd_demo(args) -> int:
         if demo_live(stack, warmup_minutes=demo.WARMUP_MINUTES if demo.trains_models(args) else 0.0) != 0:
             return 1
         if demo.trains_models(args):
-            for round_number in range(1, demo.PREDICTION_ROUNDS + 1):
-                if round_number > 1:
-                    wait_for_next_minute()
-                elif wait_for_live_bars(stack) != 0:
-                    return 1
-                title, command = demo.prediction_step(round_number)
-                if run_step(f"{len(steps) + round_number:02d}", title, command, env, logs) != 0:
-                    return 1
+            if wait_for_live_bars(stack) != 0 or wait_for_stream_predictions(stack) != 0:
+                return 1
+            title, command = demo.prediction_step()
+            if run_step(f"{len(steps) + 1:02d}", title, command, env, logs) != 0:
+                return 1
     progress("demo", f"done in {time.monotonic() - started:.0f}s; the stack keeps running "
                      "(`btc-pipeline stack down` stops it; `dagster dev` shows the runs)")
     return 0
@@ -200,7 +197,7 @@ def cmd_backfill(args) -> int:
     if not dagster.is_running():
         raise StackError("the Dagster webserver and daemon are not running: `btc-pipeline stack up` starts them")
     days = demo_days(args.start, (end - start).days + 1)
-    backfill_id = launch_backfill(dagster.url, ["raw_trades", "minute_bars"], days,
+    backfill_id = launch_backfill(dagster.url, ["raw_trades", "exchange_klines", "minute_bars"], days,
                                   title=f"history {days[0]}..{days[-1]}")
     progress("backfill", f"{len(days)} days submitted: {dagster.url}/runs/b/{backfill_id}")
     if args.no_wait:
@@ -337,13 +334,36 @@ def wait_for_live_bars(stack) -> int:
     return 1
 
 
-def wait_for_next_minute() -> None:
-    """Sleep until the minute trading now is complete, so the next predictions can score its forecast."""
+def wait_for_stream_predictions(stack, timeout_s: float = 240.0) -> int:
+    """Wait until the Spark job's live scorer has predicted the minute trading now for every symbol with every
+    model (it loads the models just trained at its next completed minute), and show the forecasts."""
     from btc_assets.ml import predictions
 
-    ready_at = (time.time() // 60 + 1) * 60 + predictions.DEFAULT_SETTLE_SECONDS + 2
-    progress("demo", f"    waiting {ready_at - time.time():.0f}s for the forecast minute to trade and complete …")
-    time.sleep(max(0.0, ready_at - time.time()))
+    reader = _reader(stack)
+    deadline = time.monotonic() + timeout_s
+    found: dict[str, dict[str, float]] = {}
+    try:
+        while time.monotonic() < deadline:
+            now_minute = int(time.time() // 60)
+            found = {}
+            for symbol in config.symbols():
+                for model in schema.MODELS:
+                    rows = [row for row in reader.query(predictions.predictions_flux(reader.bucket, symbol, model, 2))
+                            if int(row["_time"].timestamp()) // 60 >= now_minute]
+                    if rows:
+                        found.setdefault(symbol, {})[model] = rows[-1]["predicted_price"]
+            if all(len(found.get(symbol, {})) == len(schema.MODELS) for symbol in config.symbols()):
+                minute = time.strftime("%H:%M", time.gmtime(now_minute * 60))
+                for symbol, prices in found.items():
+                    shown = ", ".join(f"{model} {price:,.2f}" for model, price in prices.items())
+                    progress("demo", f"    live predictions in the stream: {symbol} for {minute} UTC: {shown}")
+                return 0
+            time.sleep(3)
+    finally:
+        reader.close()
+    progress("demo", f"FAILED: the stream predicted no current minute for every symbol and model in {timeout_s:.0f}s "
+                     f"(found {found}); see `btc-pipeline stream status` and the spark-job log")
+    return 1
 
 
 def ensure_chromium(stack) -> None:

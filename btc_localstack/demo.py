@@ -15,7 +15,6 @@ from btc_assets.defs.ml.assets import MODEL_ASSETS
 DAGSTER = [sys.executable, "-m", "dagster"]
 MIN_TRAINING_DAYS = 3
 WARMUP_MINUTES = 30  # the emulator's market opens this far in the past: bars to predict from at once
-PREDICTION_ROUNDS = 2  # the second scores the minute the first could only forecast
 MODULE = ["-m", "btc_assets.definitions"]
 
 
@@ -36,8 +35,8 @@ def demo_steps(args) -> list[tuple[str, list[str]]]:
          materialize("trade_topics,influx_bucket")),
     ]
     for day in demo_days(args.start, args.days):
-        steps.append((f"history {day}: raw trades into HDFS, MapReduce minute bars, checks",
-                      materialize("raw_trades,minute_bars", partition=day)))
+        steps.append((f"history {day}: raw trades and Binance's klines into HDFS, MapReduce minute bars, checks",
+                      materialize("raw_trades,exchange_klines,minute_bars", partition=day)))
     if trains_models(args):
         steps.append(("training set and price models (LR, RF, GBT, persistence) on those days",
                       materialize(",".join(["training_set", *MODEL_ASSETS.values()]))))
@@ -49,6 +48,8 @@ def trains_models(args) -> bool:
     return args.days >= MIN_TRAINING_DAYS and not args.no_models
 
 
-def prediction_step(round_number: int) -> tuple[str, list[str]]:
-    return (f"live predictions, round {round_number}: every saved model on the newest live bars -> InfluxDB",
+def prediction_step() -> tuple[str, list[str]]:
+    # The stream scores each minute as it completes; the asset scores the last hour at once (the warm-up's
+    # minutes included) and shows the rolling errors and the plot in Dagster.
+    return ("price_predictions: every saved model on the last hour of live bars -> InfluxDB, with their errors",
             materialize("price_predictions"))

@@ -26,6 +26,7 @@ so a day of millions of trades takes seconds.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import math
 import os
@@ -424,3 +425,11 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def without_rows(day: TradeDay, rows: np.ndarray) -> TradeDay:
+    """The day without the trades at positions ``rows`` (a hole in the file: their ids missing)."""
+    keep = np.ones(len(day), dtype=bool)
+    keep[rows] = False
+    return dataclasses.replace(day, **{spec.name: getattr(day, spec.name)[keep] for spec in dataclasses.fields(day)
+                                       if isinstance(getattr(day, spec.name), np.ndarray)})

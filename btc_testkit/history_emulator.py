@@ -9,6 +9,15 @@ deterministic per seed) and kept in a cache directory; days outside the configur
 today and the future, which the real archive has not published yet, and unknown symbols are 404.
 ``corrupt_checksum`` makes a day's CHECKSUM disagree with its zip, to test download verification.
 
+Beside each day's trades it publishes the day's 1-minute klines, as Binance does, computed from the same
+generated trades apart from the project's bar code (btc_testkit.klines):
+
+    GET /data/spot/daily/klines/BTCUSDT/1m/BTCUSDT-1m-2025-04-01.zip (+ .CHECKSUM)
+
+and it can plant the faults users of the real archive report: ``plant_hole`` removes trades from a day's
+trade file while its klines keep them (a day with missing trade ids), ``change_close`` publishes klines with
+one minute's close changed.
+
     with serve(cache_dir="/tmp/archive", trades_per_day=50_000) as archive:
         requests.get(schema.history_zip_url("BTCUSDT", "2025-04-01", archive.base_url))
 
@@ -29,8 +38,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 from btc_assets.contracts import schema
-from btc_testkit import generator
+from btc_testkit import generator, klines
 
 
 def _yesterday_utc() -> str:
@@ -48,6 +59,7 @@ class HistoryArchive:
     seed: int = 0
     trades_per_day: int | None = None  # None: the generator's realistic count for the date
     _corrupted: set[tuple[str, str]] = field(default_factory=set)
+    _variants: dict[tuple[str, str], str] = field(default_factory=dict)  # (symbol, date) -> "hole-<n>", "close-<minute>"
     _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock)
 
@@ -63,15 +75,26 @@ class HistoryArchive:
         """From now on serve a CHECKSUM for this day that does not match its zip (or stop doing so)."""
         (self._corrupted.add if corrupted else self._corrupted.discard)((symbol, date))
 
-    def zip_file(self, symbol: str, date: str) -> Path:
-        """The day's zip on disk, generated (once, even under concurrent requests) if not cached yet."""
-        self._ensure(symbol, date)
-        return self._day_dir(symbol, date) / schema.history_zip_name(symbol, date)
+    def plant_hole(self, symbol: str, date: str, trades: int = 100) -> None:
+        """From now on serve the day's trade file without ``trades`` consecutive trades from the middle of the day
+        (their ids missing); its klines still count them."""
+        self._variants[(symbol, date)] = f"hole-{int(trades)}"
 
-    def checksum_text(self, symbol: str, date: str) -> str:
+    def change_close(self, symbol: str, date: str, minute: int = 720) -> None:
+        """From now on serve the day's klines with the close of ``minute`` (of the day) one cent higher."""
+        self._variants[(symbol, date)] = f"close-{int(minute)}"
+
+    def zip_file(self, symbol: str, date: str, kind: str = "trades") -> Path:
+        """The day's zip on disk (``kind``: trades or klines), generated (once, even under concurrent requests)
+        if not cached yet."""
+        self._ensure(symbol, date)
+        name = schema.history_zip_name(symbol, date) if kind == "trades" else schema.klines_zip_name(symbol, date)
+        return self._day_dir(symbol, date) / name
+
+    def checksum_text(self, symbol: str, date: str, kind: str = "trades") -> str:
         """The day's CHECKSUM content, wrong on purpose if the day was corrupted."""
         self._ensure(symbol, date)
-        text = (self._day_dir(symbol, date) / schema.history_checksum_name(symbol, date)).read_text()
+        text = Path(f"{self.zip_file(symbol, date, kind)}.CHECKSUM").read_text()
         if (symbol, date) not in self._corrupted:
             return text
         digest, file_name = schema.parse_checksum(text)
@@ -81,18 +104,28 @@ class HistoryArchive:
     def _day_dir(self, symbol: str, date: str) -> Path:
         # The generator's inputs are part of the path, so a cache never serves a day made differently.
         size = "default" if self.trades_per_day is None else str(self.trades_per_day)
-        return self.cache_dir / f"seed={self.seed}" / f"trades={size}" / symbol
+        variant = self._variants.get((symbol, date))
+        return self.cache_dir / f"seed={self.seed}" / f"trades={size}" / symbol / (variant or "published")
 
     def _ensure(self, symbol: str, date: str) -> None:
         day_dir = self._day_dir(symbol, date)
-        if (day_dir / schema.history_checksum_name(symbol, date)).exists():
+        done = day_dir / f"{schema.klines_zip_name(symbol, date)}.CHECKSUM"  # written last
+        if done.exists():
             return
         with self._locks_guard:
             lock = self._locks.setdefault((symbol, date), threading.Lock())
         with lock:
-            if not (day_dir / schema.history_checksum_name(symbol, date)).exists():
+            if not done.exists():
                 day = generator.generate_day(symbol, date, seed=self.seed, trades=self.trades_per_day)
+                frame = klines.klines_frame(day)  # from every trade: a hole is in the trade file only
+                kind, _, amount = (self._variants.get((symbol, date)) or "-").partition("-")
+                if kind == "hole":
+                    middle = len(day) // 2
+                    day = generator.without_rows(day, np.arange(middle, min(len(day), middle + int(amount))))
+                elif kind == "close":
+                    frame.loc[int(amount), "close"] += 1_000_000  # one cent, in units of 10^-8
                 generator.write_zip(day, day_dir)
+                klines.write_klines_zip(frame, symbol, date, day_dir)
 
 
 class _ArchiveHandler(BaseHTTPRequestHandler):
@@ -106,15 +139,19 @@ class _ArchiveHandler(BaseHTTPRequestHandler):
         self._answer(with_body=False)
 
     def _answer(self, with_body: bool) -> None:
-        target = schema.parse_history_path(self.path.split("?", 1)[0])
+        path = self.path.split("?", 1)[0]
+        kind, target = "trades", schema.parse_history_path(path)
+        if target is None:
+            kind, target = "klines", schema.parse_klines_path(path)
         if target is None or not self.archive.has_day(target[0], target[1]):
             self._send(HTTPStatus.NOT_FOUND, b"NoSuchKey: The specified key does not exist.\n", "text/plain", with_body)
             return
         symbol, date, is_checksum = target
         if is_checksum:
-            self._send(HTTPStatus.OK, self.archive.checksum_text(symbol, date).encode(), "text/plain", with_body)
+            self._send(HTTPStatus.OK, self.archive.checksum_text(symbol, date, kind).encode(), "text/plain",
+                       with_body)
             return
-        zip_path = self.archive.zip_file(symbol, date)
+        zip_path = self.archive.zip_file(symbol, date, kind)
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", "application/zip")
         self.send_header("Content-Length", str(zip_path.stat().st_size))

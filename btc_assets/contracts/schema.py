@@ -236,9 +236,10 @@ def history_zip_url(symbol: str, date: str, base_url: str = HISTORY_BASE_URL) ->
     return f"{base_url.rstrip('/')}/{history_zip_path(symbol, date)}"
 
 
-def parse_history_path(path: str) -> tuple[str, str, bool] | None:
-    """(symbol, date, is_checksum) for an archive URL path, or None if it names no daily trades file."""
-    match = _HISTORY_PATH.match(path)
+def parse_history_path(path: str, pattern: re.Pattern = _HISTORY_PATH) -> tuple[str, str, bool] | None:
+    """(symbol, date, is_checksum) for an archive URL path, or None if it names no daily trades file (``pattern``:
+    of another daily file, see ``parse_klines_path``)."""
+    match = pattern.match(path)
     if match is None:
         return None
     try:
@@ -246,6 +247,41 @@ def parse_history_path(path: str) -> tuple[str, str, bool] | None:
     except ValueError:
         return None
     return match["symbol"], match["date"], match["checksum"] is not None
+
+
+# Binance's 1-minute klines, published beside the trades (not in CONTRACTS.md: this project's addition, README):
+#   data/spot/daily/klines/BTCUSDT/1m/BTCUSDT-1m-2025-04-01.zip (+ .CHECKSUM), one CSV, no header, 12 columns:
+KLINE_COLUMNS = ("open_time", "open", "high", "low", "close", "volume", "close_time", "quote_volume", "trades",
+                 "taker_buy_volume", "taker_buy_quote_volume", "ignore")
+KLINE_INTERVAL = "1m"
+_KLINES_PATH = re.compile(
+    r"^/?data/(?P<market>spot)/daily/klines/(?P<symbol>[A-Z0-9]+)/1m/"
+    r"(?P=symbol)-1m-(?P<date>\d{4}-\d{2}-\d{2})\.zip(?P<checksum>\.CHECKSUM)?$"
+)
+
+
+def klines_zip_name(symbol: str, date: str) -> str:
+    """``BTCUSDT-1m-2025-04-01.zip``."""
+    return f"{symbol}-{KLINE_INTERVAL}-{date}.zip"
+
+
+def klines_csv_name(symbol: str, date: str) -> str:
+    """``BTCUSDT-1m-2025-04-01.csv``: the zip's one member, and the file's name in storage."""
+    return f"{symbol}-{KLINE_INTERVAL}-{date}.csv"
+
+
+def klines_zip_path(symbol: str, date: str, market: str = HISTORY_MARKET) -> str:
+    """``data/spot/daily/klines/BTCUSDT/1m/BTCUSDT-1m-2025-04-01.zip``."""
+    return f"data/{market}/daily/klines/{symbol}/{KLINE_INTERVAL}/{klines_zip_name(symbol, date)}"
+
+
+def klines_zip_url(symbol: str, date: str, base_url: str = HISTORY_BASE_URL) -> str:
+    return f"{base_url.rstrip('/')}/{klines_zip_path(symbol, date)}"
+
+
+def parse_klines_path(path: str) -> tuple[str, str, bool] | None:
+    """(symbol, date, is_checksum) for an archive URL path of a daily 1-minute klines file, or None."""
+    return parse_history_path(path, _KLINES_PATH)
 
 
 def checksum_text(sha256_hex: str, file_name: str) -> str:
@@ -298,6 +334,11 @@ def raw_trades_dir(root: str, symbol: str, date: str) -> str:
 def raw_trades_path(root: str, symbol: str, date: str) -> str:
     """``<root>/raw/trades/symbol=BTCUSDT/date=2025-04-01/BTCUSDT-trades-2025-04-01.csv``."""
     return f"{raw_trades_dir(root, symbol, date)}/{history_csv_name(symbol, date)}"
+
+
+def raw_klines_path(root: str, symbol: str, date: str) -> str:
+    """``<root>/raw/klines/symbol=BTCUSDT/date=2025-04-01/BTCUSDT-1m-2025-04-01.csv``."""
+    return f"{_root(root)}/raw/klines/symbol={symbol}/date={date}/{klines_csv_name(symbol, date)}"
 
 
 def minute_bars_dir(root: str, symbol: str, date: str) -> str:

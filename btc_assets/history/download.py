@@ -38,8 +38,8 @@ class ChecksumMismatch(HistoryError):
 
 
 @dataclass(frozen=True)
-class RawDay:
-    """Facts about one ingested day, shown as the raw_trades asset's metadata."""
+class RawFile:
+    """Facts about one ingested daily file (where it came from, where it went), shown as its asset's metadata."""
 
     symbol: str
     date: str
@@ -48,13 +48,19 @@ class RawDay:
     sha256: str
     rows: int
     bytes: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RawDay(RawFile):
+    """An ingested day of trades (raw_trades): the file's facts and its first and last trade."""
+
     first_trade_id: int | None
     last_trade_id: int | None
     first_time_ms: int | None
     last_time_ms: int | None
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -90,13 +96,17 @@ class HistoryClient:
             raise HistoryError(f"{url}: {exc}") from exc
         return response
 
-    def download(self, symbol: str, date: str, directory: Path) -> tuple[Path, str, str]:
-        """Download a day's zip into ``directory`` and verify it; return (path, sha256, url)."""
-        url = schema.history_zip_url(symbol, date, self.base_url)
+    def download(self, symbol: str, date: str, directory: Path, kind: str = "trades") -> tuple[Path, str, str]:
+        """Download a day's zip (``kind``: trades, or the 1-minute klines) into ``directory`` and verify it;
+        return (path, sha256, url)."""
+        if kind == "trades":
+            url, zip_name = schema.history_zip_url(symbol, date, self.base_url), schema.history_zip_name(symbol, date)
+        else:
+            url, zip_name = schema.klines_zip_url(symbol, date, self.base_url), schema.klines_zip_name(symbol, date)
         expected, name = schema.parse_checksum(self._get(url + ".CHECKSUM").text)
-        if name != schema.history_zip_name(symbol, date):
-            raise ChecksumMismatch(f"{url}.CHECKSUM names {name!r}, not {schema.history_zip_name(symbol, date)!r}")
-        target = directory / schema.history_zip_name(symbol, date)
+        if name != zip_name:
+            raise ChecksumMismatch(f"{url}.CHECKSUM names {name!r}, not {zip_name!r}")
+        target = directory / zip_name
         digest = hashlib.sha256()
         with self._get(url, stream=True) as response, open(target, "wb") as out:
             for chunk in response.iter_content(CHUNK):

@@ -120,7 +120,7 @@ def test_cli_materializes_a_day_and_a_rerun_replaces(stack, archive, tmp_path):
     listings = []
     for day in days:
         result = subprocess.run([sys.executable, "-m", "dagster", "asset", "materialize", "-m",
-                                 "btc_assets.definitions", "--select", "raw_trades,minute_bars", "--partition", day],
+                                 "btc_assets.definitions", "--select", "raw_trades,exchange_klines,minute_bars", "--partition", day],
                                 cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, result.stderr[-4000:]
         assert "RUN_SUCCESS" in result.stderr + result.stdout

@@ -131,7 +131,7 @@ def test_a_non_editable_install_validates_and_materializes_minute_bars(stack, in
     with history_emulator.serve(cache_dir=tmp_path / "archive", symbols=("BTCUSDT",), trades_per_day=30_000) as archive:
         env["BTC_BINANCE_HISTORY_URL"] = archive.base_url
         run = subprocess.run([str(installed / "bin" / "dagster"), "asset", "materialize", "-m", "btc_assets.definitions",
-                              "--select", "raw_trades,minute_bars", "--partition", day],
+                              "--select", "raw_trades,exchange_klines,minute_bars", "--partition", day],
                              capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900)
     output = run.stdout + run.stderr
     assert run.returncode == 0 and "RUN_SUCCESS" in output, output[-4000:]

@@ -115,8 +115,8 @@ def demo_runs_in_the_ui(stack) -> None:
 
 
 def demo_attempt(stack, attempt: int, on_live=None) -> None:
-    # The whole demo once; then again without the models (their training and two prediction rounds are the slow
-    # part, and the first run already showed them): the stack, history and stream steps run a second time.
+    # The whole demo once; then again without the models (their training and predictions are the slow part, and
+    # the first run already showed them): the stack, history and stream steps run a second time.
     result = run_demo(on_live=on_live) if attempt == 1 else run_demo("--no-models", on_live=on_live)
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"attempt {attempt}:\n{output[-4000:]}"
@@ -125,19 +125,25 @@ def demo_attempt(stack, attempt: int, on_live=None) -> None:
             f"attempt {attempt}: {service} not shown up:\n{result.stdout}"
     assert "[demo] done" in output
     assert "bars from 20,000 trades" in output
-    assert "checks: trades_conserved ok, volume_conserved ok, ohlc_consistent ok, bars_inside_day ok, " \
-           "trade_ids_contiguous ok" in output
+    verdicts = [set(line.split(", ")) for line in re.findall(r"checks: (.*)", output)]
+    assert len(verdicts) == 3 and all(found == {f"{name} ok" for name in (
+        "trades_conserved", "volume_conserved", "ohlc_consistent", "bars_inside_day", "trade_ids_contiguous",
+        "bars_match_klines")} for found in verdicts), verdicts  # one line per day, every check of minute_bars
     assert LIVE_LINE.search(output), output[-3000:]
     if attempt == 2:
-        assert "trained in" not in output  # --no-models: no training, no prediction rounds
+        assert "trained in" not in output  # --no-models: no training, no predictions
         return
     # Trained on the three days (one each to train, validate and test), each model against persistence.
     for name in ("lr", "rf", "gbt", "persistence"):
         assert re.search(rf"\] +{name}: trained in [\d.]+s on [\d,]+ rows; test RMSE [\d.]+ USD, skill", output)
-    # Two rounds of live predictions: a forecast from every model, then their errors on traded minutes.
+    # The stream's scorer predicts the minute trading now with every model just trained (it loads them itself);
+    # then a price_predictions run scores the last hour: a forecast from every model, their errors on the
+    # minutes that traded.
+    assert re.search(r"live predictions in the stream: BTCUSDT for \d\d:\d\d UTC: lr [\d,.]+, rf [\d,.]+, "
+                     r"gbt [\d,.]+, persistence [\d,.]+", output), output[-3000:]
     forecasts = re.findall(r"BTCUSDT \d{4}-\d\d-\d\d: forecast for \d\d:\d\d UTC: lr [\d,.]+, rf [\d,.]+, "
                            r"gbt [\d,.]+, persistence [\d,.]+", output)
-    assert len(forecasts) == 2, output[-3000:]
+    assert len(forecasts) == 1, output[-3000:]
     scored = re.findall(r"\] +(lr|rf|gbt|persistence): live RMSE ([\d.]+) USD over (\d+) minutes", output)
     assert {name for name, _, _ in scored} == {"lr", "rf", "gbt", "persistence"}, output[-3000:]
     assert all(float(rmse) > 0 and int(minutes) >= 1 for _, rmse, minutes in scored)

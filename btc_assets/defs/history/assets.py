@@ -20,6 +20,10 @@ HISTORY_FRESHNESS = dg.FreshnessPolicy.cron(deadline_cron="0 9 * * *", lower_bou
                                             timezone="UTC")
 MAP_SLOTS = 2  # parallel map tasks in the local profile (one per core of the target machine)
 daily_partitions = dg.DailyPartitionsDefinition(start_date="2024-01-01", timezone="UTC")
+# A download that still fails after the client's own retries is tried again later, from scratch.
+DOWNLOAD_RETRY = dg.RetryPolicy(max_retries=config.get_int("BTC_DOWNLOAD_RETRIES"),
+                                delay=config.get_int("BTC_DOWNLOAD_RETRY_DELAY_SECONDS"),
+                                backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 
 
 def day_path(storage, kind: str, symbol: str, day: str) -> str:
@@ -28,10 +32,7 @@ def day_path(storage, kind: str, symbol: str, day: str) -> str:
 
 
 @dg.asset(partitions_def=daily_partitions, group_name="history", kinds={"hdfs"},
-          # A download that still fails after the client's own retries is tried again later, from scratch.
-          retry_policy=dg.RetryPolicy(max_retries=config.get_int("BTC_DOWNLOAD_RETRIES"),
-                                      delay=config.get_int("BTC_DOWNLOAD_RETRY_DELAY_SECONDS"),
-                                      backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS))
+          retry_policy=DOWNLOAD_RETRY)
 def raw_trades(context: dg.AssetExecutionContext, storage: StorageResource,
                binance_history: BinanceHistoryResource, market: MarketResource) -> dg.MaterializeResult:
     """The day's Binance spot trades CSV in HDFS, per symbol, exactly as data.binance.vision publishes it.
@@ -60,6 +61,36 @@ def raw_trades(context: dg.AssetExecutionContext, storage: StorageResource,
         "path": dg.MetadataValue.path(first.path),
         "symbols": dg.MetadataValue.json([raw.as_dict() for raw in facts]),
         **per_symbol_metadata({raw.symbol: {"rows": raw.rows, "bytes": raw.bytes} for raw in facts}),
+    })
+
+
+@dg.asset(partitions_def=daily_partitions, group_name="history", kinds={"hdfs"},
+          retry_policy=DOWNLOAD_RETRY)
+def exchange_klines(context: dg.AssetExecutionContext, storage: StorageResource,
+                    binance_history: BinanceHistoryResource, market: MarketResource) -> dg.MaterializeResult:
+    """Binance's own 1-minute klines of the day in HDFS, per symbol, as data.binance.vision publishes them.
+
+    Fetched like `raw_trades` (retries, SHA-256 `.CHECKSUM`, a temporary file renamed on success) from
+    `data/spot/daily/klines/S/1m/S-1m-D.zip`, parsed (12 columns; open times in ms before 2025, µs from 2025)
+    and stored as `/btc/raw/klines/symbol=S/date=D/S-1m-D.csv`. The `bars_match_klines` check on
+    `minute_bars` compares the MapReduce bars with them, minute by minute.
+    """
+    from btc_assets.history.klines import ingest_klines
+
+    day = context.partition_key
+    client = binance_history.client(log=context.log.warning)
+    facts = []
+    for symbol in market.symbol_list:
+        raw = ingest_klines(client, storage.storage, symbol, day)
+        context.log.info(f"{symbol} {day}: {raw.rows:,} klines (open times in {raw.unit}) -> {raw.path}")
+        facts.append(raw)
+    return dg.MaterializeResult(metadata={
+        "rows": dg.MetadataValue.int(sum(raw.rows for raw in facts)),
+        "time_unit": facts[0].unit,
+        "source_url": dg.MetadataValue.url(facts[0].source_url),
+        "sha256": facts[0].sha256,
+        "path": dg.MetadataValue.path(facts[0].path),
+        "symbols": dg.MetadataValue.json([raw.as_dict() for raw in facts]),
     })
 
 

@@ -1,10 +1,11 @@
-"""Blocking checks on a day's minute bars, against an independent parse of the day's raw file."""
+"""Blocking checks on a day's minute bars: against an independent parse of the day's raw file, and against
+Binance's own 1-minute klines of the day."""
 
 import math
 
 import dagster as dg
 
-from btc_assets.defs.history.assets import day_path, minute_bars
+from btc_assets.defs.history.assets import day_path, exchange_klines, minute_bars
 from btc_assets.defs.resources import MarketResource, StorageResource
 from btc_assets.contracts import schema
 from btc_assets.history.bar_files import id_gaps, missing_minutes, raw_totals, read_bars
@@ -67,3 +68,46 @@ def minute_bar_checks(context: dg.AssetCheckExecutionContext, storage: StorageRe
     for name in CHECKS:
         yield dg.AssetCheckResult(check_name=name, asset_key=minute_bars.key, passed=all(outcomes[name]),
                                   metadata={"by_symbol": dg.MetadataValue.json(metadata[name])})
+
+
+@dg.asset_check(asset=minute_bars, blocking=True, additional_deps=[exchange_klines],
+                description="each minute's open, high, low, close, volume, quote volume, trade count and taker-buy "
+                            "volume equal Binance's 1-minute klines (exchange_klines); a kline minute without "
+                            "trades matches when there is no bar, and is counted")
+def bars_match_klines(context: dg.AssetCheckExecutionContext, storage: StorageResource,
+                      market: MarketResource) -> dg.AssetCheckResult:
+    """The day's MapReduce bars against the klines Binance computed from its own trades: a hole in the trade
+    file, a re-uploaded day or a bug in the bar code shows as the minutes and fields that differ."""
+    from btc_assets.history import klines
+
+    day = context.partition_key
+    fs = storage.storage.fs
+    verdicts, failures = {}, []
+    for symbol in market.symbol_list:
+        path = storage.storage.path(schema.raw_klines_path("", symbol, day).lstrip("/"))
+        if not fs.exists(path):
+            failures.append(f"{symbol}: no klines at {path}: materialize exchange_klines for {day}")
+            verdicts[symbol] = {"klines": "missing"}
+            continue
+        directory = day_path(storage.storage, "bars", symbol, day)
+        parts = sorted(status.path for status in fs.list(directory)
+                       if status.path.rsplit("/", 1)[-1].startswith("part-"))
+        bars = klines.bar_lines("".join(fs.read(part).decode() for part in parts))
+        result = klines.compare(bars, klines.parse_klines(fs.read(path).decode()))
+        verdicts[symbol] = {"minutes": result.minutes, "matched": result.matched,
+                            "empty_minutes": result.empty_minutes,
+                            "mismatched_minutes": len(result.mismatched_minutes()),
+                            "first_differences": [list(difference) for difference in result.differences[:10]],  # minute, field, bar, kline
+                            "bars_without_kline": result.bars_without_kline[:10]}
+        context.log.info(f"{symbol} {day}: {result.summary()}")
+        if not result.ok:
+            failures.append(f"{symbol}: {result.summary()}")
+    empty = {symbol: facts.get("empty_minutes", 0) for symbol, facts in verdicts.items()}
+    passed = "every minute equal to Binance's klines (minutes without trades: " + \
+        ", ".join(f"{symbol} {count}" for symbol, count in empty.items()) + ")"
+    return dg.AssetCheckResult(
+        passed=not failures, description="; ".join(failures) if failures else passed,
+        metadata={"by_symbol": dg.MetadataValue.json(verdicts),
+                  "mismatched_minutes": dg.MetadataValue.int(sum(facts.get("mismatched_minutes", 0)
+                                                                 for facts in verdicts.values())),
+                  "empty_minutes": dg.MetadataValue.int(sum(empty.values()))})
