@@ -34,6 +34,7 @@ and model. Printed: p50/p99/max, the minutes that never got a prediction, and th
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import statistics
@@ -173,7 +174,6 @@ def run_phase(services: Services, reader: Influx, rate: float, seconds: float, s
 
 def spark_stage(args, reader: Influx, services: Services) -> int:
     """The Spark job alone: a backlog written to Kafka directly, then drained into InfluxDB."""
-    import json
 
     from btc_assets.clients import kafka as kafka_io
     from btc_testkit import generator
@@ -260,13 +260,17 @@ class PredictionProbe(threading.Thread):
         """(bar complete -> prediction, minute closed -> prediction, minutes without one), seconds."""
         from_bar, from_close, missed = [], [], []
         newest = max(minute for _, minute in self.bar_seen)
+        first_seen: dict[int, float] = {}  # minute -> when a bar of it (any symbol) was first queryable
+        for (_, minute), history in self.bar_seen.items():
+            first_seen[minute] = min(first_seen.get(minute, history[0][0]), history[0][0])
         for (symbol, minute), history in sorted(self.bar_seen.items()):
+            if minute >= newest - 1:
+                continue  # still trading, or maybe not scored yet
             # Complete: its final value queryable, and a bar of a later minute too (the stream's own rule: until
             # the next minute's trades arrive, the bar may still change).
-            complete = max(history[-1][0], min(seen for (_, later), values in self.bar_seen.items()
-                                               if later > minute for seen, _ in values[:1]))
-            if minute >= newest - 1 or complete <= self.first_look:
-                continue  # still trading or maybe not scored yet; or final before the probe's first look
+            complete = max(history[-1][0], min(seen for later, seen in first_seen.items() if later > minute))
+            if complete <= self.first_look:
+                continue  # final before the probe's first look: when it completed is unknown
             for model in models:
                 seen = self.prediction_seen.get((symbol, model, minute + 1))
                 if seen is None:
@@ -321,6 +325,10 @@ def predictions_stage(args, reader: Influx, services: Services, symbols: tuple[s
     time.sleep(args.minutes * 60)
     probe.stopping.set()
     probe.join()
+    raw = services.logs / "prediction-probe.json"  # what was seen when, to recompute anything from
+    raw.write_text(json.dumps({"bars": [[symbol, minute, history] for (symbol, minute), history in probe.bar_seen.items()],
+                               "predictions": [[*key, seen] for key, seen in probe.prediction_seen.items()]}))
+    print(f"probe data: {raw}")
     from_bar, from_close, missed = probe.latencies(names)
     print(f"bar complete -> prediction queryable: {_percentiles(from_bar)} (symbol x model x minute)")
     print(f"minute closed -> prediction queryable (reference: includes the bars trigger, "
