@@ -150,7 +150,7 @@ def cmd_demo(args) -> int:
 # a model's figures ("gbt: trained in ...", "seed rf: ...").
 _MODEL_NAMES = "|".join(schema.MODELS)
 STEP_SUMMARY = re.compile(r" - (?:INFO|DEBUG) - .* - (?:\w+ - )?(?:(?P<check>Asset check '\w+' on '\w+' "
-                          rf"(?:passed|failed))|(?P<fact>(?:[A-Z0-9]+ \d{{4}}-\d\d-\d\d|(?:seed )?(?:{_MODEL_NAMES})): .*))\.?$")
+                          rf"(?:passed|failed))(?:\. Description: .*)?|(?P<fact>(?:[A-Z0-9]+ \d{{4}}-\d\d-\d\d|(?:seed )?(?:{_MODEL_NAMES})): .*))\.?$")
 
 
 def run_step(number: str, title: str, command: list[str], env: dict[str, str], logs: Path,

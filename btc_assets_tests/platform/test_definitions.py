@@ -12,7 +12,7 @@ from btc_assets.definitions import defs as load_definitions
 from btc_localstack.base import REPO_ROOT
 
 PLATFORM_ASSETS = {"trade_topics", "influx_bucket"}
-EVERY_ASSET = PLATFORM_ASSETS | {"raw_trades", "minute_bars", "live_trades", "live_bars", "training_set",
+EVERY_ASSET = PLATFORM_ASSETS | {"raw_trades", "exchange_klines", "minute_bars", "live_trades", "live_bars", "training_set",
                                  "lr_model", "rf_model", "gbt_model", "persistence_model",
                                  "price_predictions"}
 
@@ -29,7 +29,10 @@ def test_definitions_validate_and_list_assets():
         assert spec.descriptions_by_key[dg.AssetKey.from_user_string(key)], f"{key} has no description"
     checks = {key.name for key in definitions.resolve_asset_graph().asset_check_keys}
     assert {"trades_conserved", "volume_conserved", "ohlc_consistent", "bars_inside_day",
-            "trade_ids_contiguous", "stream_healthy", "bars_fresh", "freshness_check"} <= checks
+            "trade_ids_contiguous", "bars_match_klines", "stream_healthy", "bars_fresh", "freshness_check"} <= checks
+    history = definitions.resolve_job_def("history_job")
+    assert {key.to_user_string() for key in history.asset_layer.selected_asset_keys} == {
+        "raw_trades", "exchange_klines", "minute_bars"}
     assert definitions.resolve_asset_graph().get(dg.AssetKey("minute_bars")).freshness_policy is not None
     assert set(definitions.resources) >= {"storage", "kafka", "spark", "mapreduce", "influx"}
     # Live predictions every 5 minutes, off until switched on (they need the stream and saved models).

@@ -6,7 +6,7 @@ import time
 
 import dagster as dg
 
-from btc_assets.defs.history.assets import raw_trades
+from btc_assets.defs.history.assets import exchange_klines, raw_trades
 from btc_assets.defs.resources import build_resources
 from btc_localstack.dagster import graphql
 
@@ -32,8 +32,9 @@ def test_materialize_a_partition_from_the_ui_and_find_its_metadata(stack, browse
     dagster = stack.services["dagster"]
     shots = stack.paths.state_dir / "screenshots"
     shots.mkdir(parents=True, exist_ok=True)
-    # The upstream day first (raw_trades from the suite's archive emulator), into the same instance the UI shows.
-    result = dg.materialize([raw_trades], partition_key=DAY, resources=build_resources(),
+    # The upstream day first (raw trades and klines from the suite's archive emulator: minute_bars' checks read
+    # both), into the same instance the UI shows.
+    result = dg.materialize([raw_trades, exchange_klines], partition_key=DAY, resources=build_resources(),
                             instance=dg.DagsterInstance.from_config(str(dagster.home)))
     assert result.success
 
