@@ -208,7 +208,10 @@ def test_pipeline_health_points(clean_run):
     by_component: dict[str, list[dict]] = {}
     for point in clean_run.health:
         by_component.setdefault(point[schema.COMPONENT_TAG], []).append(point)
-    assert set(by_component) == {"spark_trades", "spark_bars"}
+    assert set(by_component) == {"spark_trades", "spark_bars", "spark_predictions"}
+    # The live scorer is on by default; no model is saved under this case's root, so it waits, without errors.
+    scorer = by_component.pop("spark_predictions")[-1]
+    assert scorer["models"] == 0 and scorer["errors"] == 0 and scorer["rounds"] == 0, scorer
     for component, points in by_component.items():
         assert len(points) >= 3, component
         assert all(all(point.get(name) is not None for name in HEALTH_FIELDS) for point in points[-2:]), component
