@@ -31,10 +31,15 @@ def parse_bars(text: str) -> pd.DataFrame:
     return frame.sort_values(schema.MINUTE, ignore_index=True)
 
 
-def read_bars(fs, directory: str) -> pd.DataFrame:
+def read_bar_text(fs, directory: str) -> str:
+    """The text of a day's MapReduce output: its ``part-*`` files in order."""
     parts = sorted(status.path for status in fs.list(directory)
                    if status.path.rsplit("/", 1)[-1].startswith("part-"))
-    return parse_bars("".join(fs.read(part).decode() for part in parts))
+    return "".join(fs.read(part).decode() for part in parts)
+
+
+def read_bars(fs, directory: str) -> pd.DataFrame:
+    return parse_bars(read_bar_text(fs, directory))
 
 
 _NUMBER = r"^[0-9]+(\.[0-9]+)?$"

@@ -151,7 +151,7 @@ class LiveScorer:
                 self._stop.wait(RETRY_SECONDS)
 
     def _due(self) -> bool:
-        newest = None if self._newest_written is None else self._newest_written - 1
+        newest = self.complete_through
         return newest is not None and (self.scored_through is None or newest > self.scored_through)
 
     def _failed(self, error: BaseException) -> None:

@@ -8,7 +8,7 @@ import dagster as dg
 from btc_assets.defs.history.assets import day_path, exchange_klines, minute_bars
 from btc_assets.defs.resources import MarketResource, StorageResource
 from btc_assets.contracts import schema
-from btc_assets.history.bar_files import id_gaps, missing_minutes, raw_totals, read_bars
+from btc_assets.history.bar_files import id_gaps, missing_minutes, raw_totals, read_bar_text, read_bars
 
 CHECKS = {
     "trades_conserved": "trades in the bars == rows of the raw file that parse as trades",
@@ -89,10 +89,7 @@ def bars_match_klines(context: dg.AssetCheckExecutionContext, storage: StorageRe
             failures.append(f"{symbol}: no klines at {path}: materialize exchange_klines for {day}")
             verdicts[symbol] = {"klines": "missing"}
             continue
-        directory = day_path(storage.storage, "bars", symbol, day)
-        parts = sorted(status.path for status in fs.list(directory)
-                       if status.path.rsplit("/", 1)[-1].startswith("part-"))
-        bars = klines.bar_lines("".join(fs.read(part).decode() for part in parts))
+        bars = klines.bar_lines(read_bar_text(fs, day_path(storage.storage, "bars", symbol, day)))
         result = klines.compare(bars, klines.parse_klines(fs.read(path).decode()))
         verdicts[symbol] = {"minutes": result.minutes, "matched": result.matched,
                             "empty_minutes": result.empty_minutes,
