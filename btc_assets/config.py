@@ -124,6 +124,13 @@ STREAM_SETTINGS = (
             "stream_health_sensor: at most one restart request per component in this many seconds"),
 )
 SETTINGS += STREAM_SETTINGS
+SETTINGS += (
+    Setting("BTC_REPLAY_BUCKET", "btc_replay",
+            "replay (`btc-pipeline replay`, `replay_job`): the InfluxDB bucket a replayed day goes to, apart from the "
+            "live one (created with BTC_INFLUX_TOKEN if missing)"),
+    Setting("BTC_REPLAY_TOPIC_TEMPLATE", "{symbol}-REPLAY-TRADES",
+            "replay: its trade topic per symbol (deleted and created anew by each replay)"),
+)
 
 _BY_NAME = {setting.name: setting for setting in SETTINGS}
 

@@ -159,7 +159,9 @@ def dashboard_json(uid: str) -> dict:
         "uid": uid, "title": title, "tags": ["btc-pipeline"], "timezone": "utc", "schemaVersion": 39,
         "refresh": "10s", "time": {"from": "now-3h", "to": "now"},
         "templating": {"list": [
-            {"name": "bucket", "type": "constant", "query": schema.DEFAULT_BUCKET, "hide": 2},
+            # The live bucket, or the replay's (btc-pipeline replay): its times start at the replay's start.
+            {"name": "bucket", "type": "custom", "query": f"{schema.DEFAULT_BUCKET},{config.default('BTC_REPLAY_BUCKET')}",
+             "current": {"text": schema.DEFAULT_BUCKET, "value": schema.DEFAULT_BUCKET}},
             {"name": "symbol", "type": "custom", "query": schema.DEFAULT_SYMBOL,
              "current": {"text": schema.DEFAULT_SYMBOL, "value": schema.DEFAULT_SYMBOL}},
         ]},

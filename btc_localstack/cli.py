@@ -223,6 +223,36 @@ def cmd_backfill(args) -> int:
     return 0
 
 
+def cmd_replay(args) -> int:
+    """A stored day replayed as the live stream: a run of `replay_job` on the stack's Dagster (the UI shows it),
+    followed here until it ends (btc_assets.stream.replay)."""
+    from btc_localstack.dagster import RUN_DONE, launch_run, run_messages
+
+    date.fromisoformat(args.date)
+    dagster = _stack().services["dagster"]
+    if not dagster.is_running():
+        raise StackError("the Dagster webserver and daemon are not running: `btc-pipeline stack up` starts them")
+    run_config = {"ops": {"stream_replay": {"config": {"symbol": args.symbol or "", "speed": args.speed}}}}
+    run_id = launch_run(dagster.url, "replay_job", run_config, partition=args.date)
+    progress("replay", f"run {run_id}: {dagster.url}/runs/{run_id}")
+    if args.no_wait:
+        print(run_id)
+        return 0
+    cursor, status = None, "QUEUED"
+    while True:
+        status, messages, cursor = run_messages(dagster.url, run_id, cursor)
+        for message in messages:
+            progress("replay", message)
+        if status in RUN_DONE:
+            break
+        time.sleep(2)
+    print(run_id)
+    if status != "SUCCESS":
+        progress("replay", f"the replay run ended {status}: see {dagster.url}/runs/{run_id}")
+        return 1
+    return 0
+
+
 def _reader(stack):
     from btc_assets.clients.influx import Influx
 
@@ -503,6 +533,12 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--no-wait", action="store_true", help="submit and print the backfill id, do not wait")
     backfill.set_defaults(func=cmd_backfill)
 
+    replay = sub.add_parser("replay", help="replay a stored day as the live stream (a run of replay_job)")
+    replay.add_argument("--symbol", default="", help="the symbol (default: the first of BTC_SYMBOLS)")
+    replay.add_argument("--date", required=True, help="the day, YYYY-MM-DD (raw_trades of it must be stored)")
+    replay.add_argument("--speed", type=float, default=60.0, help="times real time (default 60: a day in 24 min)")
+    replay.add_argument("--no-wait", action="store_true", help="start the run and print its id, do not follow it")
+    replay.set_defaults(func=cmd_replay)
     test = sub.add_parser("test", help="provision the engines and run the test suite")
     test.add_argument("pytest_args", nargs=argparse.REMAINDER)
     test.set_defaults(func=cmd_test)

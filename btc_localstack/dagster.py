@@ -241,6 +241,48 @@ def backfill_status(url: str, backfill_id: str) -> dict:
     return result
 
 
+LAUNCH_RUN = """
+mutation($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message }
+    ... on RunConfigValidationInvalid { errors { message } } ... on InvalidSubsetError { message }
+    ... on PipelineNotFoundError { message } ... on RunConflict { message }
+  }
+}"""
+RUN_LOGS = """
+query($id: ID!, $cursor: String) {
+  runOrError(runId: $id) { __typename ... on Run { status } }
+  logsForRun(runId: $id, afterCursor: $cursor) {
+    __typename ... on EventConnection { cursor events { __typename ... on MessageEvent { message level } } }
+  }
+}"""
+RUN_DONE = {"SUCCESS", "FAILURE", "CANCELED"}
+
+
+def launch_run(url: str, job: str, run_config: dict, partition: str | None = None) -> str:
+    """A run of ``job`` (of a partition), as the UI's launchpad starts one; its id."""
+    tags = [{"key": "dagster/partition", "value": partition}] if partition else []
+    params = {"selector": {**_repository(url), "jobName": job}, "runConfigData": run_config,
+              "executionMetadata": {"tags": tags}}
+    result = graphql(url, LAUNCH_RUN, {"params": params})["launchRun"]
+    if result["__typename"] != "LaunchRunSuccess":
+        raise StackError(f"dagster: the run of {job} was refused ({result['__typename']}): {result}")
+    return result["run"]["runId"]
+
+
+def run_messages(url: str, run_id: str, cursor: str | None = None) -> tuple[str, list[str], str | None]:
+    """(the run's status, its log messages after ``cursor``, the new cursor)."""
+    result = graphql(url, RUN_LOGS, {"id": run_id, "cursor": cursor})
+    run, logs = result["runOrError"], result["logsForRun"]
+    if run["__typename"] != "Run":
+        raise StackError(f"dagster: run {run_id}: {run}")
+    events = logs.get("events") or [] if logs["__typename"] == "EventConnection" else []
+    messages = [event["message"] for event in events
+                if event["__typename"] in ("LogMessageEvent", "RunFailureEvent", "ExecutionStepFailureEvent")
+                and event.get("message")]
+    return run["status"], messages, logs.get("cursor", cursor)
+
+
 REPOSITORIES = "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"
 START_SENSOR = """
 mutation($selector: SensorSelector!) {

@@ -34,6 +34,10 @@ read until their times reach the clock; from there on the market runs at ``rate`
 A demo thus has the last minutes of bars (and the features a live prediction needs) at once,
 as a stream that has been running for a while would.
 
+``tapes={symbol: events}`` serves given events (in id order, times kept) instead of generated ones, and
+``speed=X`` paces them by their own trade times, X times faster than they happened: the replay of a stored
+day (btc_assets.stream.replay) is such a tape at ``speed=60``.
+
 The market only trades while at least one client is connected: a client that reconnects finds
 the next trade id after the last one it was sent, so every hole it sees was made on purpose
 (skip) and ``generated_ids``/``sent_ids``/``skipped_ids`` tell a test exactly what must arrive.
@@ -71,7 +75,7 @@ from datetime import timedelta
 from decimal import Decimal
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator, Mapping
 from urllib.parse import parse_qs, urlsplit
 
 from btc_testkit import generator
@@ -262,21 +266,30 @@ class BinanceEmulator:
                  ping_interval: float | None = None, ping_payload: bytes = b"binance-ping",
                  shutdown_grace_s: float = 5.0, replay_times: bool = False, history_limit: int = 2_000_000,
                  record_payloads: bool = True, warmup_seconds: float = 0.0, warmup_rate: float = 50.0,
-                 first_trade_id: int | None = None, host: str = HOST, port: int = 0):
+                 first_trade_id: int | None = None, tapes: Mapping[str, Iterable[dict]] | None = None,
+                 speed: float | None = None, host: str = HOST, port: int = 0):
         if warmup_seconds < 0 or (warmup_seconds and warmup_rate <= 0):
             raise ValueError(f"warmup_seconds={warmup_seconds} needs warmup_rate > 0 (got {warmup_rate})")
+        if speed is not None and speed <= 0:
+            raise ValueError(f"speed must be above 0 (got {speed})")
         self.symbols = tuple(symbol.upper() for symbol in symbols)
+        if tapes is not None and set(tapes) != set(self.symbols):
+            raise ValueError(f"tapes for {sorted(tapes)}, symbols {list(self.symbols)}: one tape per symbol")
         self.trades = trades
         self.seed = seed
         self.shutdown_grace_s = shutdown_grace_s
-        self.replay_times = replay_times
+        self.replay_times = replay_times or tapes is not None  # a tape's events keep the times they carry
+        # Paced by the events' own times, ``speed`` times faster than they happened (None: by ``rate``).
+        self._speed = speed
+        self._anchor: tuple[float, int] | None = None  # (monotonic clock, event time in ms) the pacing counts from
         self.history_limit = history_limit
         self.record_payloads = record_payloads
         self._rate = float(rate)
         self._garbage_ratio = garbage_ratio
         self._random = random.Random(seed)
-        self._tapes = {symbol: _tape(symbol, date, seed, trades, first_trade_id, self._price_scale)
-                       for symbol in self.symbols}
+        self._tapes = ({symbol: iter(tapes[symbol]) for symbol in self.symbols} if tapes is not None else
+                       {symbol: _tape(symbol, date, seed, trades, first_trade_id, self._price_scale)
+                        for symbol in self.symbols})
         # The warm-up's clock (ms), set when the market first opens and None once it reached the wall clock.
         self._warmup_ms = warmup_seconds * 1000.0
         self._warmup_rate = warmup_rate
@@ -307,6 +320,7 @@ class BinanceEmulator:
         self._generated = {symbol: 0 for symbol in self.symbols}
         self._first_id: dict[str, int | None] = {symbol: None for symbol in self.symbols}  # never trimmed
         self._sent: dict[str, list[int]] = {symbol: [] for symbol in self.symbols}
+        self._sent_total = {symbol: 0 for symbol in self.symbols}  # never trimmed
         self._sent_payloads: dict[str, dict[int, bytes]] = {symbol: {} for symbol in self.symbols}
         self._skipped: dict[str, list[int]] = {symbol: [] for symbol in self.symbols}
         self._unsent: dict[str, list[int]] = {symbol: [] for symbol in self.symbols}
@@ -514,6 +528,7 @@ class BinanceEmulator:
                         [first, self._history_first_id[symbol] + self._generated[symbol] - 1]
                         for symbol, first in self._first_id.items()},
                 "sent": {symbol: len(ids) for symbol, ids in self._sent.items()},
+                "sent_total": dict(self._sent_total),  # "sent" without the trimming of history_limit
                 "skipped": {symbol: len(ids) for symbol, ids in self._skipped.items()},
                 "unsent": {symbol: len(ids) for symbol, ids in self._unsent.items()},
                 "garbage": len(self.garbage_sent),
@@ -623,7 +638,24 @@ class BinanceEmulator:
             payload = payload[: self._random.randrange(1, len(payload) - 1)]
         return kind, payload
 
+    def _due(self) -> bool:
+        """Paced by time (``speed``): whether the next trade's turn has come (True once there is none)."""
+        if not self._upcoming:
+            return True
+        next_ms = self._upcoming[0][0]
+        if self._anchor is None:
+            self._anchor = (time.monotonic(), next_ms)
+        return time.monotonic() - self._anchor[0] >= (next_ms - self._anchor[1]) / 1000.0 / self._speed
+
+    def _seconds_to_next(self) -> float:
+        if not self._upcoming or self._anchor is None:
+            return 0.0
+        due = self._anchor[0] + (self._upcoming[0][0] - self._anchor[1]) / 1000.0 / self._speed
+        return max(0.0, due - time.monotonic())
+
     def _batch_size(self, started: float, emitted: int) -> int:
+        if self._speed is not None:
+            return 2_000 if self._due() else 0
         if self._rate <= 0 or self._virtual_ms is not None:  # as fast as the clients read
             return 256
         return min(2_000, int((time.monotonic() - started) * self._rate) - emitted)
@@ -636,6 +668,7 @@ class BinanceEmulator:
                     while not self._stopping.is_set() and (self._paused or not self._clients):
                         self._wake.wait(0.1)
                     started, emitted = time.monotonic(), 0  # no catching up on the time nobody traded
+                    self._anchor = None
                     if self._warmup_ms and not self._warmed_up:
                         self._virtual_ms, self._warmed_up = time.time() * 1000 - self._warmup_ms, True
                         log.info("warm-up: trades from %.0f s ago at %s/s, sent as fast as read", self._warmup_ms / 1000,
@@ -646,7 +679,9 @@ class BinanceEmulator:
             warming = self._virtual_ms is not None
             batch = self._batch_size(started, emitted)
             if batch <= 0:  # ahead of the rate: wait for the next trade's turn, in ticks of at least 2 ms
-                time.sleep(max(0.002, (emitted + 1) / self._rate - (time.monotonic() - started)))
+                wait = (min(0.05, self._seconds_to_next()) if self._speed is not None else
+                        (emitted + 1) / self._rate - (time.monotonic() - started))
+                time.sleep(max(0.002, wait))
                 continue
             emitted += self._emit(batch)
             if warming and self._virtual_ms is None:  # caught up with the clock: the real-time rate from here
@@ -663,6 +698,8 @@ class BinanceEmulator:
             garbage: list[bytes] = []  # as the first subscriber got it
             made, exhausted = 0, False
             for _ in range(count):
+                if self._speed is not None and not self._due():
+                    break
                 trade = self._next_trade()
                 if trade is None:
                     exhausted = True
@@ -695,6 +732,7 @@ class BinanceEmulator:
                     sent.update(((symbol, trade_id), payload) for symbol, trade_id, payload in delivered[client])
             for (symbol, trade_id), payload in sorted(sent.items()):
                 self._sent[symbol].append(trade_id)
+                self._sent_total[symbol] += 1
                 if self.record_payloads:
                     self._sent_payloads[symbol][trade_id] = payload
             self.garbage_sent.extend(garbage)

@@ -67,6 +67,12 @@ class Influx:
         tables = self.client.query_api().query(flux, org=self.org, params=params)
         return [record.values for table in tables for record in table.records]
 
+    def delete(self, predicate: str, *, start: str = "1970-01-01T00:00:00Z", stop: str = "2100-01-01T00:00:00Z",
+               bucket: str | None = None) -> None:
+        """Delete the points matching ``predicate`` (InfluxDB's delete syntax, e.g. ``symbol="BTCUSDT"``) in
+        [start, stop) of the bucket: a token allowed to write it may."""
+        self.client.delete_api().delete(start, stop, predicate, bucket=bucket or self.bucket, org=self.org)
+
     def ensure_bucket(self, name: str, retention_seconds: int = 0) -> str:
         """Create a bucket if missing (needs a token allowed to); return its id."""
         api = self.client.buckets_api()

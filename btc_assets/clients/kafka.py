@@ -44,6 +44,24 @@ def ensure_topic(bootstrap_servers: str, name: str, *, partitions: int, replicat
     return bool(ensure_topics(bootstrap_servers, [name], partitions=partitions, replication=replication, config=config))
 
 
+def delete_topics(bootstrap_servers: str, names, *, timeout_s: float = 60.0) -> list[str]:
+    """Delete the topics that exist and wait until the broker no longer lists them; return the names deleted."""
+    client = admin(bootstrap_servers)
+    try:
+        doomed = [name for name in dict.fromkeys(names) if name in set(client.list_topics())]
+        if doomed:
+            client.delete_topics(doomed, timeout_ms=int(timeout_s * 1000))
+        deadline = time.monotonic() + timeout_s
+        while doomed and set(doomed) & set(client.list_topics()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Kafka still lists {sorted(set(doomed) & set(client.list_topics()))} "
+                                   f"{timeout_s:.0f}s after deleting them")
+            time.sleep(0.5)
+        return doomed
+    finally:
+        client.close()
+
+
 def trade_topic_config(replication: int) -> dict[str, str]:
     """A replicated topic takes a write (acks=all) while one replica is down, never with only one left:
     ``min.insync.replicas`` = replication - 1 (2 of 3), 1 without replication."""

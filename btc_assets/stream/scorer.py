@@ -77,7 +77,8 @@ class LiveScorer:
     """Scores completed minutes in a thread of the Spark job's driver (``start``, ``bars_written``, ``stop``)."""
 
     def __init__(self, spark: SparkSession, storage: Storage, reader: Influx, write, symbols: Iterable[str],
-                 model_names: Iterable[str] = schema.MODELS, rescore_minutes: int = 3):
+                 model_names: Iterable[str] = schema.MODELS, rescore_minutes: int = 3,
+                 catch_up_minutes: int = MAX_CATCH_UP_MINUTES):
         unknown = sorted(set(model_names) - set(schema.MODELS))
         if unknown:
             raise ValueError(f"unknown models {unknown}: choose from {list(schema.MODELS)}")
@@ -87,6 +88,7 @@ class LiveScorer:
         self.symbols = tuple(symbols)
         self.model_names = [name for name in schema.MODELS if name in set(model_names)]
         self.rescore_minutes = rescore_minutes
+        self.catch_up_minutes = catch_up_minutes  # a replay scores every minute, however far behind
         self.fitted: dict[str, PipelineModel] = {}
         self.versions: dict[str, str] = {}
         self._unloadable: dict[str, str] = {}  # model -> a newest version that failed to load (not retried)
@@ -108,7 +110,7 @@ class LiveScorer:
             if self._newest_written is None or newest > self._newest_written:
                 now = time.time()
                 first = newest - 1 if self._newest_written is None else self._newest_written
-                for minute in range(max(first, newest - MAX_CATCH_UP_MINUTES), newest):
+                for minute in range(max(first, newest - self.catch_up_minutes), newest):
                     self._completed_at.setdefault(minute, now)
                 self._newest_written = newest
                 self._wake.notify()
@@ -189,7 +191,7 @@ class LiveScorer:
         if not self.fitted:
             return 0
         new = (complete - self.scored_through) if self.scored_through is not None else 1
-        minutes = min(new, MAX_CATCH_UP_MINUTES) + self.rescore_minutes - 1
+        minutes = min(new, self.catch_up_minutes) + self.rescore_minutes - 1
         bars = predictions.read_live_bars(self.reader, self.symbols, predictions.history_minutes(minutes),
                                           through_minute=complete)
         frame = predictions.predict_live(self.spark, self.fitted, bars, minutes)

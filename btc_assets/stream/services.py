@@ -28,9 +28,11 @@ def _say(message: str) -> None:
 
 
 class StreamServices:
-    def __init__(self, state_dir: Path | None = None, extra: Mapping[str, Sequence[str]] | None = None):
-        """``extra``: more services started before these (name -> ``python`` arguments), e.g. a source emulator."""
-        directory = (state_dir or config.stack_env_file().parent) / "stream"
+    def __init__(self, state_dir: Path | None = None, extra: Mapping[str, Sequence[str]] | None = None,
+                 name: str = "stream"):
+        """``extra``: more services started before these (name -> ``python`` arguments), e.g. a source emulator;
+        ``name``: the folder of their pid and log files (a replay's services have their own, ``replay``)."""
+        directory = (state_dir or config.stack_env_file().parent) / name
         self.commands = {**(extra or {}), **SERVICES}
         self.processes = {name: ManagedProcess(name, directory) for name in self.commands}
 

@@ -108,12 +108,14 @@ class StreamSettings:
     restart_delay_seconds: float = 5.0  # between a query's death and its restart
     stop_timeout_seconds: float = 60.0  # how long a stop waits for the running micro-batch
     starting_offsets: str = "earliest"  # on a fresh checkpoint only; afterwards the checkpoint decides
+    checkpoint_prefix: str = ""  # <root>/checkpoints/<prefix><query>: a replay's job keeps apart from the live one
     # Live predictions (btc_assets.stream.scorer): the saved models under <checkpoint_root>/models score each
     # completed minute. Off without models to use, a read token (the bars are read back) or WebHDFS.
     predictions_models: tuple[str, ...] = ()
     influx_read_token: str = ""
     webhdfs_url: str = ""
     predictions_rescore_minutes: int = 3
+    predictions_catch_up_minutes: int = 60  # minutes scored at once after an outage (a replay: the whole day)
 
     def __post_init__(self):
         bad = [symbol for symbol in self.symbols if not re.fullmatch(r"[A-Z0-9]+", symbol)]
@@ -143,7 +145,7 @@ class StreamSettings:
         return found
 
     def checkpoint(self, query: str) -> str:
-        return schema.checkpoint_dir(self.checkpoint_root, query)
+        return schema.checkpoint_dir(self.checkpoint_root, self.checkpoint_prefix + query)
 
     @classmethod
     def from_env(cls, **overrides) -> StreamSettings:
@@ -623,7 +625,8 @@ class SparkStreamJob:
                         self.settings.influx_read_token, timeout_ms=10_000)
         self.sinks[COMPONENT] = InfluxSink(self.settings, ComponentStats(COMPONENT), self._abort)
         return LiveScorer(self.spark, storage, reader, self.sinks[COMPONENT].write, self.settings.symbols,
-                          self.settings.predictions_models, self.settings.predictions_rescore_minutes)
+                          self.settings.predictions_models, self.settings.predictions_rescore_minutes,
+                          self.settings.predictions_catch_up_minutes)
 
     # -- the queries ------------------------------------------------------------------------------
     def _trades_query(self) -> StreamingQuery:
@@ -838,6 +841,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--topic-template", help="trade topic per symbol (BTC_KAFKA_TOPIC_TEMPLATE)")
     parser.add_argument("--bucket", help="InfluxDB bucket (BTC_INFLUX_BUCKET)")
     parser.add_argument("--checkpoint-root", help="storage root holding checkpoints/ (BTC_HDFS_URL + BTC_STORAGE_ROOT)")
+    parser.add_argument("--checkpoint-prefix", help="checkpoints go to <root>/checkpoints/<prefix><query> "
+                        "(a replay's: replay-)")
+    parser.add_argument("--predictions-catch-up-minutes", type=int,
+                        help="most minutes the live scorer scores at once after falling behind (default 60)")
     parser.add_argument("--trigger", help="micro-batch interval, e.g. '1 second' (BTC_STREAM_TRIGGER)")
     parser.add_argument("--watermark", help="allowed lateness of a trade, e.g. '2 minutes' (BTC_STREAM_WATERMARK)")
     parser.add_argument("--log-level", default="INFO")
@@ -853,7 +860,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {key: value for key, value in {
         "symbols": tuple(s.strip().upper() for s in args.symbols.split(",") if s.strip()) if args.symbols else None,
         "topic_template": args.topic_template, "influx_bucket": args.bucket,
-        "checkpoint_root": args.checkpoint_root, "trigger": args.trigger, "watermark": args.watermark,
+        "checkpoint_root": args.checkpoint_root, "checkpoint_prefix": args.checkpoint_prefix, "trigger": args.trigger,
+        "predictions_catch_up_minutes": args.predictions_catch_up_minutes, "watermark": args.watermark,
     }.items() if value}
     # Handlers first: a SIGTERM while the JVM is still starting must also end in a clean exit.
     stop_requested = threading.Event()
@@ -870,7 +878,7 @@ def main(argv: list[str] | None = None) -> int:
     job = SparkStreamJob(settings, spark, stop_requested)
     log.info("streaming %s from %s into %s/%s; checkpoints under %s", ",".join(settings.topics),
              settings.bootstrap_servers, settings.influx_url, settings.influx_bucket,
-             schema.checkpoint_dir(settings.checkpoint_root, ""))
+             settings.checkpoint("*"))
     code = job.run()
     log.info("stopped cleanly: %s", {name: stats.snapshot() for name, stats in job.stats.items()})
     spark.stop()

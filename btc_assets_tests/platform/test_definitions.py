@@ -14,7 +14,7 @@ from btc_localstack.base import REPO_ROOT
 PLATFORM_ASSETS = {"trade_topics", "influx_bucket"}
 EVERY_ASSET = PLATFORM_ASSETS | {"raw_trades", "exchange_klines", "minute_bars", "live_trades", "live_bars", "training_set",
                                  "lr_model", "rf_model", "gbt_model", "persistence_model",
-                                 "price_predictions"}
+                                 "price_predictions", "stream_replay"}
 
 
 def test_definitions_validate_and_list_assets():
@@ -40,7 +40,9 @@ def test_definitions_validate_and_list_assets():
     assert schedule.cron_schedule == "*/5 * * * *" and schedule.default_status == dg.DefaultScheduleStatus.STOPPED
     job = definitions.resolve_job_def("price_predictions_job")
     assert {key.to_user_string() for key in job.asset_layer.selected_asset_keys} == {"price_predictions"}
-    assert {job.name for job in definitions.resolve_all_job_defs()} >= {"history_job", "restart_stream_job"}
+    assert {job.name for job in definitions.resolve_all_job_defs()} >= {"history_job", "restart_stream_job", "replay_job"}
+    replay = definitions.resolve_job_def("replay_job")
+    assert {key.to_user_string() for key in replay.asset_layer.selected_asset_keys} == {"stream_replay"}
     assert definitions.resolve_sensor_def("stream_health_sensor")
     assert definitions.resolve_sensor_def("freshness_checks_sensor")
     assert definitions.resolve_asset_graph().get(dg.AssetKey("minute_bars")).pools == {"mapreduce"}
