@@ -968,7 +968,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-trade-id", type=int, default=None,
                         help="endless market: the first trade id (default: from the clock, so a restarted "
                              "emulator continues above the ids a producer already has)")
+    parser.add_argument("--replay-csv", help="serve this raw trades file (id order) instead of generated trades: a "
+                        "stored day's replay (btc_assets.stream.replay), one symbol")
+    parser.add_argument("--replay-offset-ms", type=int, default=0, help="added to every replayed trade's time")
+    parser.add_argument("--speed", type=float, default=None,
+                        help="pace trades by their own times, this many times faster than they happened")
     args = parser.parse_args(argv)
+    tapes = None
+    if args.replay_csv:
+        from pathlib import Path
+
+        from btc_assets.stream.replay import events
+
+        symbols = args.symbols.split(",")
+        if len(symbols) != 1:
+            parser.error("--replay-csv serves one symbol")
+        tapes = {symbols[0].upper(): events(Path(args.replay_csv), symbols[0].upper(), args.replay_offset_ms)}
+        args.trades = 0  # a fixed tape: no clock-derived first id
     if args.first_trade_id is None and args.trades is None:
         args.first_trade_id = clock_trade_id()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -976,7 +992,7 @@ def main(argv: list[str] | None = None) -> int:
                                date=args.date, garbage_ratio=args.garbage_ratio, ping_interval=args.ping_interval,
                                history_limit=args.history_limit, record_payloads=False, port=args.port,
                                warmup_seconds=args.warmup_minutes * 60, warmup_rate=args.warmup_rate,
-                               first_trade_id=args.first_trade_id)
+                               first_trade_id=args.first_trade_id, tapes=tapes, speed=args.speed)
     stopped = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())

@@ -3,8 +3,9 @@
     btc-pipeline replay --symbol BTCUSDT --date 2025-04-01 --speed 60      (a run of `replay_job` in Dagster)
 
 The day's raw trade file (``raw_trades``) is served by the Binance WebSocket/REST emulator
-(btc_testkit.binance_emulator) paced by its own trade times at ``speed`` (60: a day in 24 minutes), each
-time shifted by one offset so the day starts at the next minute from now. The product's own producer
+(``python -m btc_testkit.binance_emulator --replay-csv``, a process of its own), paced by its own trade
+times at ``speed`` (60: a day in 24 minutes), each time shifted by one offset so the day starts at the
+next minute from now. The product's own producer
 and Spark job run on it as they run live, with every name of their own, so the live stream is never
 touched:
 
@@ -30,8 +31,11 @@ the day. The day's last minute has no later trade, so it is never complete: its 
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
+import socket
+import urllib.request
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -58,6 +62,8 @@ from btc_assets.stream.services import StreamServices
 LEAD_IN_MINUTES = 60
 CHECKPOINT_PREFIX = "replay-"
 SERVICES_DIR = "replay"
+EMULATOR = "binance-emulator"
+SERVICES = ("spark-job", EMULATOR, "producer")
 REL_TOL = 1e-9  # floats of a live bar against its MapReduce twin (sums in another order)
 PROGRESS_SECONDS = 10.0
 MINUTE_MS = 60_000
@@ -271,6 +277,12 @@ def compare_bars(live: pd.DataFrame, mapreduce: pd.DataFrame, offset_ms: int,
 # --- the replay -----------------------------------------------------------------------------------
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -294,8 +306,9 @@ class Replay:
         self.symbol = config.parse_symbols(symbol)[0]
         self.storage, self.targets, self.speed, self.log, self.timeout_s = storage, targets, float(speed), log, timeout_s
         self.date = self.day.isoformat()
-        self.services = StreamServices(state_dir, name=SERVICES_DIR)
-        self.emulator = None
+        self.services = StreamServices(state_dir, extra={EMULATOR: ["-m", "btc_testkit.binance_emulator"]},
+                                       name=SERVICES_DIR)
+        self._emulator_port = 0
         self._workdir: Path | None = None  # the day's file, copied out of HDFS (prepare; removed by stop)
         self.day_start_ms = int(datetime(self.day.year, self.day.month, self.day.day, tzinfo=timezone.utc).timestamp()
                                 * 1000)
@@ -372,36 +385,42 @@ class Replay:
             admin.close()
         self.log(f"InfluxDB bucket {self.targets.bucket} created")
 
+    def _write_tape(self) -> Path:
+        """The trades to serve as one raw file in id order: the day before's tail, then the day."""
+        tape = self._workdir / "tape.csv"
+        with tape.open("w", encoding="utf-8") as out:
+            if self.lead_in.trades:
+                since = self.day_start_ms - LEAD_IN_MINUTES * MINUTE_MS
+                for fields, trade in _rows(self._lead_in_path, since):
+                    if trade is not None:
+                        out.write(",".join(fields) + "\n")
+            with self._day_path.open("r", encoding="utf-8", newline="") as day:
+                shutil.copyfileobj(day, out, 1 << 20)
+        return tape
+
     def start(self) -> None:
         """The Spark job first (so it reads the day from its start), then the emulator and the producer."""
-        from btc_testkit.binance_emulator import BinanceEmulator
-
         self._started, self._started_wall = time.monotonic(), time.time()
         env = self.targets.service_env(self.symbol, self.speed)
         now_ms = int(time.time() * 1000)
         first_minute = (now_ms // MINUTE_MS + 1) * MINUTE_MS + (LEAD_IN_MINUTES * MINUTE_MS if self.lead_in.trades else 0)
         self.offset_ms = first_minute - self.day_start_ms
-        for name in ("spark-job", "producer"):
+        for name in SERVICES:
             if self.services.processes[name].is_running():
                 raise ReplayError(f"a replay is running already ({name} pid {self.services.processes[name].pid()}, "
                                   f"{self.services.processes[name].directory}): wait for it or stop it")
         self.services.start("spark-job", ["--checkpoint-prefix", CHECKPOINT_PREFIX, "--predictions-catch-up-minutes",
                                           str(DAY_MINUTES + LEAD_IN_MINUTES)], env=env)
         self._wait(self._spark_ready, 300, "the replay's Spark job writing its heartbeat")
-        tape = []
-        if self.lead_in.trades:
-            tape.append(events(self._lead_in_path, self.symbol, self.offset_ms,
-                               since_ms=self.day_start_ms - LEAD_IN_MINUTES * MINUTE_MS))
-        tape.append(events(self._day_path, self.symbol, self.offset_ms))
-
-        def chained():
-            for part in tape:
-                yield from part
-
-        self.emulator = BinanceEmulator(symbols=(self.symbol,), tapes={self.symbol: chained()}, speed=self.speed,
-                                        record_payloads=False, history_limit=200_000).start()
-        self.services.start("producer", env={**env, "BTC_BINANCE_WS_URL": self.emulator.ws_url,
-                                             "BTC_BINANCE_REST_URL": self.emulator.base_url})
+        # The Binance emulator (btc_testkit) as a process of its own, as the local stack runs it: the product
+        # package never imports the test kit.
+        self._emulator_port = _free_port()
+        self.services.start(EMULATOR, ["--symbols", self.symbol, "--port", str(self._emulator_port),
+                                       "--replay-csv", str(self._write_tape()),
+                                       "--replay-offset-ms", str(self.offset_ms), "--speed", f"{self.speed:g}"])
+        self._wait(lambda: self.emulator_stats() is not None, 60, "the replay's Binance emulator answering")
+        self.services.start("producer", env={**env, "BTC_BINANCE_WS_URL": f"ws://127.0.0.1:{self._emulator_port}",
+                                             "BTC_BINANCE_REST_URL": f"http://127.0.0.1:{self._emulator_port}"})
         self.log(f"replaying at {self.speed:g}x: the day starts {_iso(first_minute)}, ends "
                  f"{_iso(first_minute + DAY_MINUTES * MINUTE_MS)} (about {DAY_MINUTES * 60 / self.speed / 60:.0f} "
                  f"minutes from now); InfluxDB bucket {self.targets.bucket}")
@@ -411,8 +430,9 @@ class Replay:
         total = self.facts.trades + self.lead_in.trades
         last_progress = 0.0
         while True:
-            sent = self.emulator.stats()["sent_total"][self.symbol]
-            if sent >= total and self.emulator.done.is_set():
+            stats = self.emulator_stats() or {}
+            sent = stats.get("sent_total", {}).get(self.symbol, 0)
+            if sent >= total and stats.get("done"):
                 break
             self._check_alive()
             if time.monotonic() - last_progress >= PROGRESS_SECONDS:
@@ -436,10 +456,8 @@ class Replay:
             self.log("no saved model: the replay has no predictions (materialize trained_models first)")
 
     def stop(self) -> None:
-        for name in ("producer", "spark-job"):
+        for name in ("producer", "spark-job", EMULATOR):
             self.services.stop(name)
-        if self.emulator is not None:
-            self.emulator.stop()
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
 
@@ -518,7 +536,15 @@ class Replay:
             clock = f"; scored through {datetime.fromtimestamp(minute / 1000, tz=timezone.utc):%Y-%m-%d %H:%M} UTC"
         return f"replay {self.symbol} {self.date} at {self.speed:g}x: {sent:,} of {total:,} trades sent ({done:.0%}){clock}"
 
-    def _check_alive(self, names=("spark-job", "producer")) -> None:
+    def emulator_stats(self) -> dict | None:
+        """The replay emulator's counters (``/control/stats``), None while it does not answer."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self._emulator_port}/control/stats", timeout=5) as reply:
+                return json.loads(reply.read())
+        except (OSError, ValueError):
+            return None
+
+    def _check_alive(self, names=SERVICES) -> None:
         for name in names:
             process = self.services.processes[name]
             if process.pid() is not None and not process.is_running():
