@@ -4,8 +4,8 @@
 
 The day's raw trade file (``raw_trades``) is served by the Binance WebSocket/REST emulator
 (``python -m btc_testkit.binance_emulator --replay-csv``, a process of its own), paced by its own trade
-times at ``speed`` (60: a day in 24 minutes), each time shifted by one offset so the day starts at the
-next minute from now. The product's own producer
+times at ``speed`` (60: a day in 24 minutes), each time shifted by one offset so the first trade served
+falls in the next minute from now. The product's own producer
 and Spark job run on it as they run live, with every name of their own, so the live stream is never
 touched:
 
@@ -402,16 +402,13 @@ class Replay:
         """The Spark job first (so it reads the day from its start), then the emulator and the producer."""
         self._started, self._started_wall = time.monotonic(), time.time()
         env = self.targets.service_env(self.symbol, self.speed)
-        now_ms = int(time.time() * 1000)
-        first_minute = (now_ms // MINUTE_MS + 1) * MINUTE_MS + (LEAD_IN_MINUTES * MINUTE_MS if self.lead_in.trades else 0)
-        self.offset_ms = first_minute - self.day_start_ms
-        for name in SERVICES:
-            if self.services.processes[name].is_running():
-                raise ReplayError(f"a replay is running already ({name} pid {self.services.processes[name].pid()}, "
-                                  f"{self.services.processes[name].directory}): wait for it or stop it")
         self.services.start("spark-job", ["--checkpoint-prefix", CHECKPOINT_PREFIX, "--predictions-catch-up-minutes",
                                           str(DAY_MINUTES + LEAD_IN_MINUTES)], env=env)
         self._wait(self._spark_ready, 300, "the replay's Spark job writing its heartbeat")
+        # The first trade served (the lead-in's, else the day's) falls in the next minute from now.
+        now_ms = int(time.time() * 1000)
+        first_minute = (now_ms // MINUTE_MS + 1) * MINUTE_MS + (LEAD_IN_MINUTES * MINUTE_MS if self.lead_in.trades else 0)
+        self.offset_ms = first_minute - self.day_start_ms
         # The Binance emulator (btc_testkit) as a process of its own, as the local stack runs it: the product
         # package never imports the test kit.
         self._emulator_port = _free_port()
@@ -461,7 +458,16 @@ class Replay:
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
 
+    def refuse_if_running(self) -> None:
+        """A replay's services still running (another replay): refused before anything is touched."""
+        for name in SERVICES:
+            process = self.services.processes[name]
+            if process.is_running():
+                raise ReplayError(f"a replay is running already ({name} pid {process.pid()}, {process.directory}): "
+                                  "wait for it to end")
+
     def run(self) -> ReplayReport:
+        self.refuse_if_running()  # outside the try: a refused replay stops nothing
         try:
             self.prepare()
             self.start()
