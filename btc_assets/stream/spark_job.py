@@ -488,7 +488,7 @@ class DeadLetters:
 class TradesWriter:
     """foreachBatch of query "trades": valid trades -> Influx `trades`, the rest -> the DLQ.
 
-    The batch comes to the driver once, as Arrow; its lines are made by ``points.trade_line``, whose
+    The batch comes to the driver once, as Arrow; its lines are made by ``points.trade_lines``, whose
     timestamp is ``schema.trade_point_time_ns``: a replayed batch rewrites the same points.
     """
 
@@ -505,7 +505,7 @@ class TradesWriter:
         table = batch.select(*self.COLUMNS, "error", *(F.when(invalid, F.col(name)).alias(name)
                                                         for name in ("topic", "key", "value"))).toArrow()
         good = table.filter(pc.is_null(table["error"]))
-        lines = list(map(points.trade_line, *(good[name].to_pylist() for name in self.COLUMNS)))
+        lines = points.trade_lines(*(good[name].to_pylist() for name in self.COLUMNS))
         self.sink.write(lines)
         bad = table.filter(pc.is_valid(table["error"]))
         sent = self.dead_letters.send(zip(*(bad[name].to_pylist() for name in ("topic", "key", "value", "error"))))

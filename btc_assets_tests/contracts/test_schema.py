@@ -123,3 +123,21 @@ def test_influx_trade_points_are_unique_per_trade_and_the_same_from_live_or_hist
 
 def test_counter_lines_are_hadoop_streaming_reports():
     assert schema.counter_line(schema.TRADES_COUNTER, 42) == "reporter:counter:btc,trades,42\n"
+
+
+def test_trade_lines_of_a_batch_are_trade_line_for_each_trade():
+    import random
+
+    from btc_assets.contracts import points
+
+    rng = random.Random(7)
+    columns = ([], [], [], [], [], [])
+    for number in range(2_000):
+        symbol = ("BTCUSDT", "ETHUSDT", "A B,C=D")[number % 3]  # the last one's tag needs escaping
+        time = 1_735_689_600_123 + number * 7 if number % 2 else 1_735_689_600_123_456 + number  # ms and µs
+        trade = (symbol, rng.randrange(0, 10**12), round(rng.uniform(1e-8, 2e5), rng.randrange(0, 9)),
+                 rng.choice((1e-8, 0.1, 3.0, rng.uniform(1e-8, 1e3))), time, rng.random() < 0.5)
+        for column, value in zip(columns, trade):
+            column.append(value)
+    assert points.trade_lines(*columns) == [points.trade_line(*trade) for trade in zip(*columns)]
+    assert points.trade_lines([], [], [], [], [], []) == []
