@@ -77,7 +77,9 @@ def main() -> int:
     storage = storage_resource.storage
     mapreduce = MapReduceResource(framework="local", hadoop_classpath=env["BTC_HADOOP_CLASSPATH"],
                                   streaming_jar=env["BTC_HADOOP_STREAMING_JAR"], conf_dir=env["HADOOP_CONF_DIR"],
-                                  hdfs_url=env["BTC_HDFS_URL"])
+                                  hdfs_url=env["BTC_HDFS_URL"], class_archive=env.get("BTC_HADOOP_CLASS_ARCHIVE", ""))
+    # The class-data archive as a lever: the same job with the JVM loading every class from the jars.
+    without_archive = mapreduce.model_copy(update={"class_archive": ""})
 
     with tempfile.TemporaryDirectory(prefix="btc-bench-") as workdir:
         csv_path = Path(workdir) / f"{SYMBOL}-trades-{DAY}.csv"
@@ -90,10 +92,12 @@ def main() -> int:
             storage.replace(day_path(storage, "raw", SYMBOL, DAY), handle)
         print(f"uploaded to HDFS: {day_path(storage, 'raw', SYMBOL, DAY)}")
 
-        mapreduce_seconds, reference_seconds, asset_runs = [], [], []
+        mapreduce_seconds, reference_seconds, asset_runs, no_archive_seconds = [], [], [], []
         for attempt in range(args.repeat):
             counters, seconds, target = compute_minute_bars(mapreduce, storage, SYMBOL, DAY)
             mapreduce_seconds.append(seconds)
+            if mapreduce.class_archive:
+                no_archive_seconds.append(compute_minute_bars(without_archive, storage, SYMBOL, DAY)[1])
             bars = counters.get("btc.minute_bars")
             asset_runs.append(materialize_minute_bars(storage_resource, mapreduce))
             started = time.monotonic()
@@ -113,6 +117,12 @@ def main() -> int:
     print(f"DuckDB GROUP BY on the same CSV (reference):                          "
           f"{best_ref:.2f}s = {ref_rate:,.0f} trades/s")
     print(f"ratio MapReduce / DuckDB: {mr_rate / ref_rate:.3f}")
+    if no_archive_seconds:
+        print(f"the same job without the class-data archive (BTC_HADOOP_CLASS_ARCHIVE unset): "
+              f"{min(no_archive_seconds):.2f}s = {len(trades) / min(no_archive_seconds):,.0f} trades/s; "
+              f"with / without: {best_mr / min(no_archive_seconds):.3f}")
+    else:
+        print("no class-data archive (BTC_HADOOP_CLASS_ARCHIVE): `btc-pipeline stack provision` dumps one")
     run_seconds, metadata = min(asset_runs, key=lambda run: run[1]["duration_s"])
     asset_rate = metadata["trades_per_second"]
     print(f"minute_bars materialization (Dagster, through Pipes): the asset's job {metadata['duration_s']:.2f}s = "

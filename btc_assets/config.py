@@ -53,6 +53,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BTC_HADOOP_STREAMING_JAR", "<cache>/hadoop/<version>/lib/hadoop-streaming-*.jar",
             "the hadoop-streaming jar"),
     Setting("HADOOP_CONF_DIR", "$BTC_STACK_DIR/hadoop/conf", "Hadoop client configuration directory"),
+    Setting("BTC_HADOOP_CLASS_ARCHIVE", "", "a JDK class-data sharing archive of the Hadoop jars (`-XX:SharedArchiveFile`) "
+            "the MapReduce job's JVM starts from, ~0.5 s faster; the local stack dumps one into its cache"),
     Setting("BTC_MAPREDUCE_CONCURRENCY", "1",
             "most MapReduce jobs (minute_bars runs) at once, e.g. in a UI backfill: the `mapreduce` pool's limit "
             "(1 fits 2 cores: each job runs one map task per core)"),

@@ -29,7 +29,7 @@ TEST_PORTS = {
 
 # data.binance.vision's stand-in for the runs the stack's daemon launches (they read BTC_BINANCE_HISTORY_URL
 # from the environment the daemon was started with): served for the whole session on this port.
-TEST_HISTORY_PORT = 28766
+TEST_HISTORY_PORT = int(os.environ.get("BTC_TEST_HISTORY_PORT", "28766"))
 TEST_HISTORY_SYMBOLS = ("BTCUSDT", "ETHUSDT")
 TEST_HISTORY_TRADES_PER_DAY = 20_000
 
@@ -141,7 +141,8 @@ def resources(stack):
                                hdfs_url=env["BTC_HDFS_URL"]),
         "mapreduce": MapReduceResource(framework="local", hadoop_classpath=env["BTC_HADOOP_CLASSPATH"],
                                        streaming_jar=env["BTC_HADOOP_STREAMING_JAR"],
-                                       conf_dir=env["HADOOP_CONF_DIR"], hdfs_url=env["BTC_HDFS_URL"]),
+                                       conf_dir=env["HADOOP_CONF_DIR"], hdfs_url=env["BTC_HDFS_URL"],
+                                       class_archive=env.get("BTC_HADOOP_CLASS_ARCHIVE", "")),
         "influx": InfluxResource(url=env["BTC_INFLUX_URL"], org=env["BTC_INFLUX_ORG"],
                                  bucket=env["BTC_INFLUX_BUCKET"], write_token=env["BTC_INFLUX_WRITE_TOKEN"],
                                  read_token=env["BTC_INFLUX_READ_TOKEN"], admin_token=env["BTC_INFLUX_TOKEN"]),

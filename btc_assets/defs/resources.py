@@ -112,11 +112,13 @@ class MapReduceResource(dg.ConfigurableResource):
     conf_dir: str = ""
     hdfs_url: str = config.default("BTC_HDFS_URL")
     heap: str = "1g"
+    class_archive: str = ""
 
     def command(self, job: StreamingJob) -> list[str]:
         return streaming_command(job, framework=self.framework, hdfs_url=self.hdfs_url,
                                  classpath=self.hadoop_classpath, conf_dir=self.conf_dir,
-                                 streaming_jar=self.streaming_jar, heap=self.heap)
+                                 streaming_jar=self.streaming_jar, heap=self.heap,
+                                 class_archive=self.class_archive)
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -189,7 +191,8 @@ def build_resources() -> dict[str, Any]:
         "mapreduce": MapReduceResource(framework=env("BTC_MAPREDUCE_FRAMEWORK"),
                                        hadoop_classpath=env("BTC_HADOOP_CLASSPATH"),
                                        streaming_jar=env("BTC_HADOOP_STREAMING_JAR"),
-                                       conf_dir=env("HADOOP_CONF_DIR"), hdfs_url=env("BTC_HDFS_URL")),
+                                       conf_dir=env("HADOOP_CONF_DIR"), hdfs_url=env("BTC_HDFS_URL"),
+                                       class_archive=env("BTC_HADOOP_CLASS_ARCHIVE")),
         "influx": InfluxResource(url=env("BTC_INFLUX_URL"), org=env("BTC_INFLUX_ORG"),
                                  bucket=env("BTC_INFLUX_BUCKET"), write_token=env("BTC_INFLUX_WRITE_TOKEN"),
                                  read_token=env("BTC_INFLUX_READ_TOKEN"), admin_token=env("BTC_INFLUX_TOKEN")),
