@@ -95,6 +95,7 @@ class LiveScorer:
         self.stats = ScorerStats()
         self.scored_through: int | None = None  # the newest minute (since the epoch) scored
         self._newest_written: int | None = None  # the newest minute a bars batch wrote
+        self._first_complete: int | None = None  # the oldest minute this scorer learnt complete (its first round's)
         self._completed_at: dict[int, float] = {}  # minute -> when the scorer learnt it was complete
         self._wake = threading.Condition()
         self._stop = threading.Event()
@@ -109,9 +110,13 @@ class LiveScorer:
         with self._wake:
             if self._newest_written is None or newest > self._newest_written:
                 now = time.time()
-                first = newest - 1 if self._newest_written is None else self._newest_written
-                for minute in range(max(first, newest - self.catch_up_minutes), newest):
+                # The first batch completes every minute it wrote but its newest (a replay's may write hundreds).
+                first = min(minutes) if self._newest_written is None else self._newest_written
+                first = max(first, newest - self.catch_up_minutes)
+                for minute in range(first, newest):
                     self._completed_at.setdefault(minute, now)
+                if self._first_complete is None and first < newest:
+                    self._first_complete = first
                 self._newest_written = newest
                 self._wake.notify()
 
@@ -190,7 +195,10 @@ class LiveScorer:
         self.refresh_models()
         if not self.fitted:
             return 0
-        new = (complete - self.scored_through) if self.scored_through is not None else 1
+        # The first round scores every minute completed since the stream started, not only the newest: the models
+        # may have loaded long after the first bars (a replay under load, a model saved after the stream started).
+        since = self.scored_through if self.scored_through is not None else (self._first_complete or complete) - 1
+        new = complete - since
         minutes = min(new, self.catch_up_minutes) + self.rescore_minutes - 1
         bars = predictions.read_live_bars(self.reader, self.symbols, predictions.history_minutes(minutes),
                                           through_minute=complete)
