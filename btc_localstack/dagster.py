@@ -253,7 +253,8 @@ RUN_LOGS = """
 query($id: ID!, $cursor: String) {
   runOrError(runId: $id) { __typename ... on Run { status } }
   logsForRun(runId: $id, afterCursor: $cursor) {
-    __typename ... on EventConnection { cursor events { __typename ... on MessageEvent { message level } } }
+    __typename ... on EventConnection { cursor events { __typename ... on MessageEvent { message level }
+      ... on ExecutionStepFailureEvent { error { message causes { message } } } } }
   }
 }"""
 RUN_DONE = {"SUCCESS", "FAILURE", "CANCELED"}
@@ -277,10 +278,19 @@ def run_messages(url: str, run_id: str, cursor: str | None = None) -> tuple[str,
     if run["__typename"] != "Run":
         raise StackError(f"dagster: run {run_id}: {run}")
     events = logs.get("events") or [] if logs["__typename"] == "EventConnection" else []
-    messages = [event["message"] for event in events
+    messages = [_with_cause(event) for event in events
                 if event["__typename"] in ("LogMessageEvent", "RunFailureEvent", "ExecutionStepFailureEvent")
                 and event.get("message")]
     return run["status"], messages, logs.get("cursor", cursor)
+
+
+def _with_cause(event: dict) -> str:
+    """A log event's message; a failed step's with the exception that failed it (its innermost cause), which the
+    message alone ('Execution of step ... failed.') does not say."""
+    error = event.get("error") or {}
+    raised = ([cause["message"] for cause in error.get("causes") or [] if cause.get("message")] or
+              [error.get("message") or ""])[-1].strip()
+    return f"{event['message']} {raised}" if raised else event["message"]
 
 
 REPOSITORIES = "{ repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }"

@@ -968,8 +968,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-trade-id", type=int, default=None,
                         help="endless market: the first trade id (default: from the clock, so a restarted "
                              "emulator continues above the ids a producer already has)")
-    parser.add_argument("--replay-csv", help="serve this raw trades file (id order) instead of generated trades: a "
-                        "stored day's replay (btc_assets.stream.replay), one symbol")
+    parser.add_argument("--replay-csv", action="append", help="serve this raw trades file (id order) instead of "
+                        "generated trades: a stored day's replay (btc_assets.stream.replay), one symbol; given "
+                        "more than once, the files are served one after the other")
     parser.add_argument("--replay-offset-ms", type=int, default=0, help="added to every replayed trade's time")
     parser.add_argument("--speed", type=float, default=None,
                         help="pace trades by their own times, this many times faster than they happened")
@@ -983,7 +984,7 @@ def main(argv: list[str] | None = None) -> int:
         symbols = args.symbols.split(",")
         if len(symbols) != 1:
             parser.error("--replay-csv serves one symbol")
-        tapes = {symbols[0].upper(): events(Path(args.replay_csv), symbols[0].upper(), args.replay_offset_ms)}
+        tapes = {symbols[0].upper(): events([Path(path) for path in args.replay_csv], symbols[0].upper(), args.replay_offset_ms)}
         args.trades = 0  # a fixed tape: no clock-derived first id
     if args.first_trade_id is None and args.trades is None:
         args.first_trade_id = clock_trade_id()

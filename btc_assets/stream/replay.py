@@ -31,6 +31,7 @@ the day. The day's last minute has no later trade, so it is never complete: its 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -42,7 +43,7 @@ from dataclasses import dataclass, field
 from datetime import date as Date
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -102,27 +103,32 @@ def _rows(path: Path, since_ms: int | None) -> Iterator[tuple[list[str], schema.
                 yield line.rstrip("\r\n").split(","), trade
 
 
-def scan(path: Path, since_ms: int | None = None) -> TapeFacts:
-    """Count a raw file's trades and check they are in id order (the producer drops an id at or below the last)."""
+def scan(path: Path, since_ms: int | None = None, keep: Path | None = None) -> TapeFacts:
+    """Count a raw file's trades and check they are in id order (the producer drops an id at or below the last);
+    with ``keep``, the well-formed rows counted are written there too (the lead-in's tape, in the same pass)."""
     facts = TapeFacts()
-    for line_number, (_, trade) in enumerate(_rows(path, since_ms), start=1):
-        if trade is None:
-            facts.malformed += 1
-            continue
-        if facts.last_id is not None and trade.trade_id <= facts.last_id:
-            raise ReplayError(f"{path.name}: trade {trade.trade_id} on line {line_number} is not above "
-                              f"{facts.last_id}: a replay serves a day in id order, as Binance publishes it")
-        facts.first_id = trade.trade_id if facts.first_id is None else facts.first_id
-        facts.last_id = trade.trade_id
-        facts.trades += 1
-        facts.id_sum += trade.trade_id
+    with (keep.open("w", encoding="utf-8") if keep is not None else contextlib.nullcontext()) as kept:
+        for line_number, (fields, trade) in enumerate(_rows(path, since_ms), start=1):
+            if trade is None:
+                facts.malformed += 1
+                continue
+            if facts.last_id is not None and trade.trade_id <= facts.last_id:
+                raise ReplayError(f"{path.name}: trade {trade.trade_id} on line {line_number} is not above "
+                                  f"{facts.last_id}: a replay serves a day in id order, as Binance publishes it")
+            facts.first_id = trade.trade_id if facts.first_id is None else facts.first_id
+            facts.last_id = trade.trade_id
+            facts.trades += 1
+            facts.id_sum += trade.trade_id
+            if kept is not None:
+                kept.write(",".join(fields) + "\n")
     return facts
 
 
-def events(path: Path, symbol: str, offset_ms: int, since_ms: int | None = None) -> Iterator[dict]:
-    """The file's trades as Binance WebSocket trade events, times shifted by ``offset_ms``: price and quantity
-    are the file's own text, so the live path parses exactly the decimals MapReduce did."""
-    for fields, trade in _rows(path, since_ms):
+def events(paths: Iterable[Path], symbol: str, offset_ms: int) -> Iterator[dict]:
+    """The files' trades, one file after the other, as Binance WebSocket trade events, times shifted by
+    ``offset_ms``: price and quantity are the file's own text, so the live path parses exactly the decimals
+    MapReduce did."""
+    for fields, trade in (row for path in paths for row in _rows(path, None)):
         if trade is None:
             continue
         trade_ms = schema.trade_time_to_ms(trade.time) + offset_ms
@@ -220,6 +226,7 @@ class ReplayReport:
     errors_written: dict[str, int] = field(default_factory=dict)  # model -> minutes with actual_price and error
     skill: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> rows, rmse_usd, mae_usd, skill
     wall_seconds: float = 0.0
+    evaluation_png: bytes = b""  # the day's predictions against the actual closes (evaluation_png), if any
 
     @property
     def bars_match(self) -> bool:
@@ -287,7 +294,7 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _rfc3339(ms: int) -> str:
+def rfc3339(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -341,13 +348,19 @@ class Replay:
         self.facts = scan(self._day_path)
         if not self.facts.trades:
             raise ReplayError(f"{self._day_path.name} has no trade that parses ({self.facts.malformed} malformed rows)")
-        self._lead_in_path = self._fetch(self.day - timedelta(days=1))
-        if self._lead_in_path is not None:
-            self.lead_in = scan(self._lead_in_path, since_ms=self.day_start_ms - LEAD_IN_MINUTES * MINUTE_MS)
+        day_before = self._fetch(self.day - timedelta(days=1))
+        if day_before is not None:
+            # Only its last minutes are served: kept in a tape of their own as they are scanned.
+            self._lead_in_path = self._workdir / "lead-in.csv"
+            self.lead_in = scan(day_before, since_ms=self.day_start_ms - LEAD_IN_MINUTES * MINUTE_MS,
+                                keep=self._lead_in_path)
+            day_before.unlink()
             if self.lead_in.last_id is not None and self.lead_in.last_id >= self.facts.first_id:
                 self.log(f"the day before's ids reach {self.lead_in.last_id}, not below {self.facts.first_id}: "
                          "no lead-in")
-                self._lead_in_path, self.lead_in = None, TapeFacts()
+                self.lead_in = TapeFacts()
+            if not self.lead_in.trades:
+                self._lead_in_path = None
         self.log(f"{self.symbol} {self.date}: {self.facts.trades:,} trades (ids {self.facts.first_id}.."
                  f"{self.facts.last_id}, {self.facts.malformed} malformed rows skipped)"
                  + (f", a lead-in of {self.lead_in.trades:,} trades of the day before's last {LEAD_IN_MINUTES} minutes"
@@ -385,18 +398,9 @@ class Replay:
             admin.close()
         self.log(f"InfluxDB bucket {self.targets.bucket} created")
 
-    def _write_tape(self) -> Path:
-        """The trades to serve as one raw file in id order: the day before's tail, then the day."""
-        tape = self._workdir / "tape.csv"
-        with tape.open("w", encoding="utf-8") as out:
-            if self.lead_in.trades:
-                since = self.day_start_ms - LEAD_IN_MINUTES * MINUTE_MS
-                for fields, trade in _rows(self._lead_in_path, since):
-                    if trade is not None:
-                        out.write(",".join(fields) + "\n")
-            with self._day_path.open("r", encoding="utf-8", newline="") as day:
-                shutil.copyfileobj(day, out, 1 << 20)
-        return tape
+    def _tape(self) -> list[str]:
+        """The files to serve, in id order: the day before's tail (if any), then the day."""
+        return [str(path) for path in (self._lead_in_path, self._day_path) if path is not None]
 
     def start(self) -> None:
         """The Spark job first (so it reads the day from its start), then the emulator and the producer."""
@@ -413,7 +417,7 @@ class Replay:
         # package never imports the test kit.
         self._emulator_port = _free_port()
         self.services.start(EMULATOR, ["--symbols", self.symbol, "--port", str(self._emulator_port),
-                                       "--replay-csv", str(self._write_tape()),
+                                       *(arg for path in self._tape() for arg in ("--replay-csv", path)),
                                        "--replay-offset-ms", str(self.offset_ms), "--speed", f"{self.speed:g}"])
         self._wait(lambda: self.emulator_stats() is not None, 60, "the replay's Binance emulator answering")
         self.services.start("producer", env={**env, "BTC_BINANCE_WS_URL": f"ws://127.0.0.1:{self._emulator_port}",
@@ -426,8 +430,9 @@ class Replay:
         """Until every trade is sent, in Kafka and InfluxDB, the day's last bar written and the day scored."""
         total = self.facts.trades + self.lead_in.trades
         last_progress = 0.0
+        stats: dict = {}
         while True:
-            stats = self.emulator_stats() or {}
+            stats = self.emulator_stats() or stats  # a busy emulator that did not answer: its last counts
             sent = stats.get("sent_total", {}).get(self.symbol, 0)
             if sent >= total and stats.get("done"):
                 break
@@ -444,13 +449,22 @@ class Replay:
                    f"the bar with the day's last trade ({self.facts.last_id})")
         self._wait(lambda: self.count_trades()[0] >= self.facts.trades, self.timeout_s,
                    f"all {self.facts.trades:,} trades of the day in InfluxDB")
-        health = self._scorer_health()
-        if health.get("models"):
+        if self.scored_models():
             newest_complete = self._last_bar_minute() - 1
             self._wait(lambda: (self._scorer_health().get("scored_through") or 0) >= newest_complete,
                        self.timeout_s, "the scorer through the day's newest complete minute")
         else:
             self.log("no saved model: the replay has no predictions (materialize trained_models first)")
+
+    def scored_models(self) -> list[str]:
+        """The models the replay's scorer has to score with: those it is set to use that have a saved version.
+
+        Decided from storage, not from the scorer's heartbeat: a busy scorer may not have loaded them yet when
+        the last trade lands, and a replay must not end before its predictions."""
+        from btc_assets.ml import models
+
+        wanted = config.model_list(config.get("BTC_STREAM_PREDICTIONS_MODELS"))
+        return [name for name in wanted if models.newest_version(self.storage, name) is not None]
 
     def stop(self) -> None:
         for name in ("producer", "spark-job", EMULATOR):
@@ -484,17 +498,18 @@ class Replay:
     # -- what landed ------------------------------------------------------------------------------
     def _range(self) -> str:
         start = self.day_start_ms + self.offset_ms
-        return f"range(start: {_rfc3339(start)}, stop: {_rfc3339(start + DAY_MINUTES * MINUTE_MS)})"
+        return f"range(start: {rfc3339(start)}, stop: {rfc3339(start + DAY_MINUTES * MINUTE_MS)})"
 
     def count_trades(self) -> tuple[int, int]:
-        """(points, sum of their trade ids) of the day's trades in the replay bucket."""
-        flux = (f'from(bucket: "{self.targets.bucket}") |> {self._range()}'
-                f' |> filter(fn: (r) => r._measurement == "{schema.TRADES_MEASUREMENT}"'
-                f' and r.{schema.SYMBOL_TAG} == "{self.symbol}" and r._field == "trade_id")'
-                ' |> group() |> reduce(identity: {n: 0, ids: 0}, fn: (r, accumulator) =>'
-                ' ({n: accumulator.n + 1, ids: accumulator.ids + r._value}))')
-        rows = self._query(flux)
-        return (int(rows[0]["n"]), int(rows[0]["ids"])) if rows else (0, 0)
+        """(points, sum of their trade ids) of the day's trades in the replay bucket.
+
+        Two aggregates InfluxDB computes in its storage engine (count, sum): a day of millions of trades is
+        answered in seconds, where a Flux reduce() over every point ran past the client's 30 s timeout."""
+        ids = (f'from(bucket: "{self.targets.bucket}") |> {self._range()}'
+               f' |> filter(fn: (r) => r._measurement == "{schema.TRADES_MEASUREMENT}"'
+               f' and r.{schema.SYMBOL_TAG} == "{self.symbol}" and r._field == "trade_id") |> group()')
+        counted, summed = self._query(ids + " |> count()"), self._query(ids + " |> sum()")
+        return (int(counted[0]["_value"]), int(summed[0]["_value"])) if counted and summed else (0, 0)
 
     def _last_bar(self) -> dict:
         flux = (f'from(bucket: "{self.targets.bucket}") |> {self._range()}'
@@ -557,13 +572,21 @@ class Replay:
                 raise ReplayError(f"the replay's {name} exited: see {process.log_file}")
 
     def _wait(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
+        """Until ``condition()``; a question that fails on the way (InfluxDB or Kafka slow to answer under load)
+        counts as "not yet", and the last such failure is named if the time runs out."""
         deadline = time.monotonic() + timeout
+        failure = ""
         while True:
-            if condition():
-                return
+            try:
+                if condition():
+                    return
+            except ReplayError:
+                raise
+            except Exception as error:  # noqa: BLE001 - a timeout or refused connection: ask again
+                failure = f" (last try: {type(error).__name__}: {str(error)[:200]})"
             self._check_alive()
             if time.monotonic() > deadline:
-                raise ReplayError(f"replay: {what} not reached in {timeout:.0f}s")
+                raise ReplayError(f"replay: {what} not reached in {timeout:.0f}s{failure}")
             time.sleep(1.0)
 
     def report(self) -> ReplayReport:
@@ -597,6 +620,8 @@ class Replay:
                 known = rows.join(baseline.rename("baseline"), how="inner").dropna(subset=["actual_price", "baseline"])
                 report.skill[name] = ({"rows": 0} if known.empty else
                                       {key: value for key, value in _metrics(known).items()})
+        if stored:
+            report.evaluation_png = evaluation_png(stored, self.symbol, self.offset_ms)
         return report
 
     def _predictions(self, start_ms: int) -> dict[str, pd.DataFrame]:
@@ -615,6 +640,27 @@ class Replay:
                 out[name] = part.set_index("_time")[[c for c in ("predicted_price", "actual_price", "error")
                                                     if c in part]].astype(float)
         return out
+
+
+def evaluation_png(stored: dict[str, pd.DataFrame], symbol: str, offset_ms: int) -> bytes:
+    """The replayed day's predictions as ``models.evaluation_png`` draws a test period: actual vs predicted close
+    over the whole day, the rolling RMSE, predicted vs actual return; on the day's own times (shifted back)."""
+    from btc_assets.ml import features, models
+
+    frame = pd.DataFrame({f"predicted_{name}": rows["predicted_price"] for name, rows in stored.items()}).sort_index()
+    known = [rows["actual_price"] for rows in stored.values() if "actual_price" in rows]
+    if frame.empty or not known:
+        return b""
+    actual = pd.concat(known, axis=1).max(axis=1).reindex(frame.index)
+    frame[features.NEXT_CLOSE] = actual
+    # Persistence predicts the close of the minute before: the close each forecast was made from.
+    frame[features.CLOSE] = frame.get(f"predicted_{models.PERSISTENCE}", actual.shift(1))
+    made_from = pd.DatetimeIndex(frame.index) - pd.Timedelta(milliseconds=offset_ms) - pd.Timedelta(minutes=1)
+    frame[schema.MINUTE] = made_from.strftime(schema.MINUTE_FORMAT)
+    frame[features.MINUTE_INDEX] = made_from.asi8 // 60_000_000_000
+    frame[features.SYMBOL] = symbol
+    return models.evaluation_png(frame.reset_index(drop=True), list(stored), last_minutes=DAY_MINUTES,
+                                 period="replayed")
 
 
 def _metrics(known: pd.DataFrame) -> dict[str, float]:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import subprocess
+import sys
 import uuid
 from datetime import date, datetime, timedelta
 
@@ -25,11 +27,13 @@ from btc_assets.defs.resources import MarketResource, StorageResource
 from btc_assets.defs.stream.replay import stream_replay
 from btc_assets.ml import features, models
 from btc_assets.stream import replay
+from btc_localstack.base import REPO_ROOT
+from btc_localstack.dagster import graphql
 
 DAY = "2025-02-11"
 SYMBOL = "BTCUSDT"
 TRADES = 150_000  # ~104 a minute: every minute of the day trades (60,000 leave 23 without)
-SPEED = 720.0  # the day in two minutes (the README's run is at 60x on the local stack)
+SPEED = 1440.0  # the day in a minute (the README's run is at 60x on the local stack)
 MODELS = ("lr", "gbt", "persistence")
 SMALL = models.ModelParams(gbt_max_iter=20, gbt_max_depth=4, gbt_max_bins=32)
 
@@ -94,11 +98,12 @@ def test_a_stored_day_replayed_lands_every_trade_bar_and_prediction(replay_case,
     assert {name: metrics[name]["rows"] for name in MODELS} == {name: 1439 for name in MODELS}, metrics
     assert metrics["persistence"]["skill"] == 0.0 and all(math.isfinite(metrics[name]["skill"]) for name in MODELS)
     assert "| lr | 1,440 | 1,439 |" in meta["skill"], meta["skill"]
+    assert meta["evaluation"].startswith("![the replayed day](data:image/png;base64,"), meta["evaluation"][:80]
 
     # The replay is apart from the live stream: the live bucket has none of its points, the live topic none of
     # its trades. And the predictions dashboard, with its bucket variable on the replay's, shows it.
     start_ms = int(datetime.fromisoformat(meta["day_start"].replace("Z", "+00:00")).timestamp() * 1000)
-    start, stop = replay._rfc3339(start_ms), replay._rfc3339(start_ms + 1440 * 60_000)
+    start, stop = replay.rfc3339(start_ms), replay.rfc3339(start_ms + 1440 * 60_000)
     live = resources["influx"].reader()
     assert not live.query(f'from(bucket: "{live.bucket}") |> range(start: {start}, stop: {stop})'
                           f' |> filter(fn: (r) => r._measurement == "{schema.BARS_MEASUREMENT}") |> limit(n: 1)')
@@ -130,8 +135,50 @@ def test_a_replay_refuses_what_it_cannot_do(resources, tmp_path):
     with pytest.raises(replay.ReplayError, match="trade 4 on line 2 is not above 5"):
         replay.scan(path)
     path.write_text("4,1.00000000,2.50000000,2.5,1739232000000123,False,True\nbad line\n")
-    facts = replay.scan(path)
+    kept = tmp_path / "kept.csv"
+    facts = replay.scan(path, keep=kept)
     assert (facts.trades, facts.malformed, facts.first_id, facts.id_sum) == (1, 1, 4, 4)
-    (event,) = replay.events(path, SYMBOL, offset_ms=1000)
+    assert kept.read_text() == "4,1.00000000,2.50000000,2.5,1739232000000123,False,True\n"  # the rows counted only
+    (event,) = replay.events([path], SYMBOL, offset_ms=1000)
     assert event == {"e": "trade", "E": 1739232001000, "s": SYMBOL, "t": 4, "p": "1.00000000", "q": "2.50000000",
                      "T": 1739232001000, "m": False, "M": True}
+
+
+RUN = """query($id: ID!) { runOrError(runId: $id) { ... on Run { status jobName tags { key value } } } }"""
+
+
+def test_the_replay_command_launches_replay_job_on_the_stacks_dagster_and_reports_its_end(stack):
+    """`btc-pipeline replay` launches a run of replay_job through the webserver's GraphQL API (the daemon runs it, the
+    UI shows it) and follows its log: a day that was never stored fails the run with the replay's own message,
+    which the command prints, and it exits 1 with the run's id."""
+    day = "2019-01-02"
+    result = subprocess.run([sys.executable, "-m", "btc_localstack.cli", "replay", "--symbol", SYMBOL, "--date", day,
+                             "--speed", "60"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-4000:]
+    assert f"materialize raw_trades for {day} first" in result.stderr, result.stderr[-4000:]
+    run_id = result.stdout.strip().splitlines()[-1]
+    run = graphql(stack.services["dagster"].url, RUN, {"id": run_id})["runOrError"]
+    assert run["status"] == "FAILURE" and run["jobName"] == "replay_job", run
+    assert {"key": "dagster/partition", "value": day} in run["tags"], run
+    assert f"the replay run ended FAILURE: see {stack.services['dagster'].url}/runs/{run_id}" in result.stderr
+
+
+def test_the_replayed_days_plot_draws_every_model_on_the_days_own_times():
+    import io
+
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    offset_ms = 123 * 86_400_000
+    predicted = pd.date_range("2025-02-11 00:01", periods=90, freq="min", tz="UTC") + pd.Timedelta(milliseconds=offset_ms)
+    close = 97_000 + np.cumsum(np.random.default_rng(3).normal(0, 20, len(predicted) + 1))
+    stored = {}
+    for name, shift in (("lr", 3.0), ("gbt", -2.0), ("persistence", 0.0)):
+        actual = close[1:].copy()
+        actual[-1] = np.nan  # the newest minute: not complete, no actual yet
+        stored[name] = pd.DataFrame({"predicted_price": close[:-1] + shift, "actual_price": actual}, index=predicted)
+    png = replay.evaluation_png(stored, SYMBOL, offset_ms)
+    image = Image.open(io.BytesIO(png))
+    assert image.format == "PNG" and image.size[0] > 400 and image.size[1] > 300
+    assert replay.evaluation_png({}, SYMBOL, offset_ms) == b""

@@ -5,6 +5,7 @@ import dagster as dg
 from btc_assets import config as settings
 from btc_assets.defs.history.assets import daily_partitions
 from btc_assets.defs.resources import InfluxResource, KafkaResource, MarketResource, StorageResource
+from btc_assets.ml.models import markdown_image
 from btc_assets.stream.replay import Replay, ReplayError, ReplayTargets
 
 
@@ -36,6 +37,8 @@ def stream_replay(context: dg.AssetExecutionContext, config: ReplayConfig, stora
                         log=context.log.info).run()
     except (ReplayError, ValueError) as error:
         raise dg.Failure(str(error)) from None
+    evaluation = ({"evaluation": dg.MetadataValue.md(markdown_image(report.evaluation_png, "the replayed day"))}
+                  if report.evaluation_png else {})
     return dg.MaterializeResult(metadata={
         "symbol": report.symbol, "speed": report.speed, "day_start": report.day_start,
         "trades": dg.MetadataValue.int(report.trades), "trades_landed": dg.MetadataValue.int(report.trades_landed),
@@ -48,6 +51,7 @@ def stream_replay(context: dg.AssetExecutionContext, config: ReplayConfig, stora
         "skill": dg.MetadataValue.md(report.skill_markdown()),
         "model_metrics": dg.MetadataValue.json(report.skill),
         "wall_seconds": round(report.wall_seconds, 1),
+        **evaluation,
     })
 
 
