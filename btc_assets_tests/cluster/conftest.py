@@ -2,7 +2,8 @@
 2 NodeManagers, the JobHistory server) and Spark standalone (a master, 2 workers), all on 127.0.0.1, on
 ports of their own (23020.., 22077.. and 24092..: never a user's cluster topology on 28020.., 27077.. and
 29092.., and below Linux's ephemeral range, 32768-60999, where any outgoing connection may hold a port
-for a while and a daemon's bind then fails), under the suite's state dir. Started once for the session, stopped at its end (``BTC_KEEP_STACK=1`` keeps it).
+for a while and a daemon's bind then fails), under the suite's state dir. Started once for this package's tests and stopped right after them
+(``BTC_KEEP_STACK=1`` keeps it), so its 14 JVMs (~6 GB) do not sit beside the rest of the suite.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def cluster_paths():
 
 
 def running(service):
-    """Provision and start ``service`` for the session; stop it at the end unless ``BTC_KEEP_STACK=1``."""
+    """Provision and start ``service`` for the cluster tests; stop it after them unless ``BTC_KEEP_STACK=1``."""
     service.provision()
     service.start()
     yield service
@@ -42,14 +43,14 @@ def running(service):
         service.stop(kill=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def hadoop_cluster():
     from btc_localstack.hadoop import HadoopService, HadoopTopology
 
     yield from running(HadoopService(cluster_paths(), HadoopTopology.cluster(base_port=HADOOP_BASE_PORT)))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def kafka_cluster():
     from btc_localstack.kafka import KafkaCluster
 
@@ -73,14 +74,14 @@ def leader_of(bootstrap: str, topic: str, partition: int) -> int:
     return next(p["leader_id"] for p in topic_partitions(bootstrap, topic) if p["partition_index"] == partition)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def spark_cluster():
     from btc_localstack.spark import SparkStandalone
 
     yield from running(SparkStandalone(cluster_paths(), base_port=SPARK_BASE_PORT))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cluster_resources(hadoop_cluster, history_resources, archive):  # noqa: F811 - the imported fixtures
     """The code location's resources with storage and MapReduce on the cluster topology (HDFS, YARN)."""
     env = hadoop_cluster.env()
