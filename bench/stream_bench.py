@@ -37,6 +37,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -81,19 +82,25 @@ class LatencyProbe(threading.Thread):
     def __init__(self, reader: Influx):
         super().__init__(daemon=True)
         self.reader, self.latencies, self.stopping = reader, [], threading.Event()
+        self.polls: list[float] = []  # each poll's own duration: a slow answer delays what it finds
+        self.lower: list[float] = []  # the same trades against the start of the poll before (not yet seen then)
 
     def run(self) -> None:
         since = time.time() - 5
+        previous = time.time()
         while not self.stopping.is_set():
             started = time.time()
             rows = self.reader.query(
                 f'from(bucket: "{self.reader.bucket}") |> range(start: time(v: {int(since * 1e9)}))\n'
                 f'  |> filter(fn: (r) => r._measurement == "{schema.TRADES_MEASUREMENT}" and r._field == "trade_id")')
             seen = time.time()
+            self.polls.append(seen - started)
             for row in rows:
                 trade_time = row["_time"].timestamp()
                 self.latencies.append(seen - trade_time)
+                self.lower.append(max(0.0, previous - trade_time))
                 since = max(since, trade_time + 1e-6)
+            previous = started
             time.sleep(max(0.0, 0.1 - (time.time() - started)))
 
 
@@ -101,7 +108,7 @@ class Services:
     """The emulator, the producer and the Spark job as separate processes, as they run for real."""
 
     def __init__(self, run: str, bucket: str, port: int, symbols: tuple[str, ...] = (SYMBOL,)):
-        self.port, self.template = port, "{symbol}-TRADES-bench-" + run
+        self.run, self.port, self.template = run, port, "{symbol}-TRADES-bench-" + run
         self.root = f"/btc-bench/stream-{run}"
         self.env = dict(os.environ, BTC_SYMBOLS=",".join(symbols), BTC_KAFKA_TOPIC_TEMPLATE=self.template,
                         BTC_INFLUX_BUCKET=bucket, BTC_STORAGE_ROOT=self.root)
@@ -112,6 +119,11 @@ class Services:
         log = open(self.logs / f"{name}.log", "w")
         self.processes.append(subprocess.Popen([sys.executable, "-m", *args], env=self.env, stdout=log,
                                                stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[1]))
+
+    def fresh(self, suffix: str) -> Services:
+        """Services of their own topic and storage root, writing to the same bucket."""
+        return Services(f"{self.run}-{suffix}", self.env["BTC_INFLUX_BUCKET"], self.port,
+                        tuple(self.env["BTC_SYMBOLS"].split(",")))
 
     def control(self, command: str, **query) -> dict:
         url = f"http://127.0.0.1:{self.port}/control/{command}"
@@ -169,6 +181,19 @@ def run_phase(services: Services, reader: Influx, rate: float, seconds: float, s
         ordered = sorted(latency.latencies)
         result["p50"] = statistics.median(ordered)
         result["p99"] = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+        lower, polls = sorted(latency.lower), sorted(latency.polls)
+        print(f"latency bounds: a trade was not yet queryable when the poll before the one that found it started: "
+              f"p50 >= {statistics.median(lower):.2f} s, p99 >= {lower[int(0.99 * (len(lower) - 1))]:.2f} s; "
+              f"the poller's own queries: p50 {statistics.median(polls) * 1000:.0f} ms, "
+              f"p99 {polls[int(0.99 * (len(polls) - 1))] * 1000:.0f} ms, max {polls[-1] * 1000:.0f} ms", flush=True)
+        # Where the latency goes: the trades query's micro-batch durations in the job's heartbeats (every 5 s).
+        batches = sorted(row["_value"] for row in reader.query(
+            f'from(bucket: "{reader.bucket}") |> range(start: -{int(seconds + 30)}s)'
+            f' |> filter(fn: (r) => r._measurement == "{schema.HEALTH_MEASUREMENT}" and r.component == "spark_trades"'
+            ' and r._field == "batch_duration_ms")'))
+        if batches:
+            print(f"trades micro-batch duration over {len(batches)} heartbeats: p50 {statistics.median(batches):.0f} ms, "
+                  f"max {batches[-1]:.0f} ms", flush=True)
     return result
 
 
@@ -219,6 +244,117 @@ def spark_stage(args, reader: Influx, services: Services) -> int:
           f"{'met' if rate >= 50_000 and points == distinct == len(values) else 'NOT met'}"
           f"{'' if points == distinct == len(values) else f' (LOSS or duplicates; last count {last_count:,})'}")
     return 0 if points == distinct == len(values) else 1
+
+
+class Firehose(threading.Thread):
+    """A Binance trade stream at the socket's speed, the producer stage's source: one symbol's trade events encoded
+    as WebSocket text frames up front (the emulator's own framing and JSON), then sent ``chunk`` frames per write
+    to the first client of ``/ws/<symbol>@trade``. No pacing, no per-trade Python: it goes as fast as its reader
+    takes. ``raw=True`` answers any connection without a handshake (a plain socket reader: the source's ceiling)."""
+
+    def __init__(self, events: list[dict], raw: bool = False, chunk: int = 2_000):
+        from btc_testkit.binance_emulator import _OP_TEXT, event_json, frame
+
+        super().__init__(daemon=True)
+        frames = [frame(_OP_TEXT, event_json(event)) for event in events]
+        self.chunks = [b"".join(frames[start:start + chunk]) for start in range(0, len(frames), chunk)]
+        self.trades, self.raw = len(frames), raw
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.started = self.finished = 0.0
+        self.release = threading.Event()  # the connection stays open (a closed stream makes the producer reconnect)
+
+    def run(self) -> None:
+        from btc_testkit.binance_emulator import websocket_accept
+
+        connection, _ = self.server.accept()
+        with connection:
+            if not self.raw:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += connection.recv(4096)
+                key = next(line.split(b":", 1)[1].strip().decode() for line in request.split(b"\r\n")
+                           if line.lower().startswith(b"sec-websocket-key:"))
+                connection.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                                   b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+                                   + websocket_accept(key).encode() + b"\r\n\r\n")
+            self.started = time.monotonic()
+            for chunk in self.chunks:
+                connection.sendall(chunk)
+            self.finished = time.monotonic()
+            self.release.wait(600)
+        self.server.close()
+
+    @property
+    def rate(self) -> float:
+        return self.trades / (self.finished - self.started)
+
+
+def source_ceiling(events: list[dict]) -> float:
+    """Trades/s the firehose pushes into a socket whose reader only drains it: the source's own ceiling."""
+    source = Firehose(events, raw=True)
+    source.start()
+    with socket.create_connection(("127.0.0.1", source.port)) as reader:
+        total = sum(len(chunk) for chunk in source.chunks)
+        while total > 0:
+            total -= len(reader.recv(1 << 20))
+    source.release.set()
+    source.join(5)
+    return source.rate
+
+
+def producer_stage(args, reader: Influx, services: Services) -> int:
+    """The producer at its own ceiling (a source faster than it, into Kafka), then the whole path on the same
+    source (producer -> Kafka -> Spark -> InfluxDB), each trade id checked once in InfluxDB."""
+    from btc_testkit import generator
+
+    events = list(generator.live_events(generator.generate_day(SYMBOL, "2025-04-01", seed=11, trades=args.backlog)))
+    ceiling = source_ceiling(events)
+    print(f"source: {len(events):,} trades into a plain socket reader at {ceiling:,.0f} trades/s (its ceiling)",
+          flush=True)
+    # The whole path on a topic of its own, so its Spark job reads only that stage's trades.
+    whole = services.fresh("e2e")
+    try:
+        rate = _firehose_into(services, events)
+        print(f"producer stage: {len(events):,} trades in Kafka at {rate:,.0f} trades/s; ratio to the source's "
+              f"ceiling {rate / ceiling:.4f} (the source is not what bounds it)", flush=True)
+        services.stop()  # its source is gone: no producer reconnecting beside the whole path's
+        whole.start("spark-job", "btc_assets.stream.spark_job", "--log-level", "WARNING")
+        wait_for(lambda: reader.query(
+            f'from(bucket: "{reader.bucket}") |> range(start: -5m) '
+            f'|> filter(fn: (r) => r._measurement == "{schema.HEALTH_MEASUREMENT}") |> limit(n: 1)'), 180)
+        started = time.monotonic()
+        kafka_rate = _firehose_into(whole, events)
+        wait_for(lambda: count_points(reader) >= len(events), 600)
+        landed_s = time.monotonic() - started
+    finally:
+        whole.stop()
+    points, distinct = count_ids(reader)
+    once = points == distinct == len(events)
+    print(f"end to end: {points:,} points, {distinct:,} distinct ids of {len(events):,} in {landed_s:.1f}s = "
+          f"{points / landed_s:,.0f} trades/s (source -> producer -> Kafka -> Spark -> InfluxDB; into Kafka at "
+          f"{kafka_rate:,.0f}/s); target >= 30,000 trades/s: {'met' if points / landed_s >= 30_000 and once else 'NOT met'}"
+          f"{'' if once else ' (LOSS or duplicates)'}")
+    return 0 if once else 1
+
+
+def _firehose_into(services: Services, events: list[dict]) -> float:
+    """A Firehose of ``events`` read by the producer into the services' topic; trades/s from the first frame sent
+    to the last trade in Kafka."""
+    from btc_assets.clients import kafka as kafka_io
+
+    topic = schema.trade_topic(SYMBOL, services.template)
+    source = Firehose(events)
+    source.start()
+    services.start("producer", "btc_assets.stream.producer", "--ws-url", f"ws://127.0.0.1:{source.port}",
+                   "--rest-url", "http://127.0.0.1:9", "--no-resume", "--log-level", "WARNING")
+    try:
+        wait_for(lambda: source.started > 0, 120)
+        bootstrap = os.environ["BTC_KAFKA_BOOTSTRAP_SERVERS"]
+        wait_for(lambda: sum(kafka_io.end_offsets(bootstrap, topic).values()) >= len(events), 600)
+        return len(events) / (time.monotonic() - source.started)
+    finally:
+        source.release.set()
 
 
 class PredictionProbe(threading.Thread):
@@ -345,14 +481,18 @@ def main() -> int:
     parser.add_argument("--rates", default="2000,5000,10000,15000")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--latency-seconds", type=float, default=60.0)
+    parser.add_argument("--warmup-seconds", type=float, default=30.0,
+                        help="300 trades/s before the latency run, not measured (0: measure from the first trade)")
     parser.add_argument("--slack", type=float, default=10.0)
     parser.add_argument("--port", type=int, default=18799, help="the emulator's port")
-    parser.add_argument("--stage", choices=("all", "spark", "predictions"), default="all",
+    parser.add_argument("--stage", choices=("all", "spark", "producer", "predictions"), default="all",
                         help="all: emulator -> producer -> Kafka -> Spark -> InfluxDB; spark: Kafka -> Spark -> "
-                             "InfluxDB alone, on a backlog written to Kafka first; predictions: bar complete -> "
+                             "InfluxDB alone, on a backlog written to Kafka first; producer: the producer from a "
+                             "source faster than it, then the whole path on that source; predictions: bar complete -> "
                              "prediction queryable, over --minutes of live stream")
     parser.add_argument("--minutes", type=float, default=30.0, help="--stage predictions: how long to measure")
-    parser.add_argument("--backlog", type=int, default=1_500_000, help="--stage spark: trades in the backlog")
+    parser.add_argument("--backlog", type=int, default=1_500_000,
+                        help="--stage spark: trades in the backlog; --stage producer: trades the source sends")
     args = parser.parse_args()
 
     if not use_running_stack("hadoop", "kafka", "influxdb"):
@@ -375,9 +515,9 @@ def main() -> int:
 
             Storage.for_url(os.environ["BTC_HDFS_URL"], services.root,
                             webhdfs_url=os.environ["BTC_WEBHDFS_URL"]).fs.delete(services.root, recursive=True)
-    if args.stage == "spark":
+    if args.stage in ("spark", "producer"):
         try:
-            return spark_stage(args, reader, services)
+            return (spark_stage if args.stage == "spark" else producer_stage)(args, reader, services)
         finally:
             services.stop()
             admin.client.buckets_api().delete_bucket(bucket_id)
@@ -396,6 +536,9 @@ def main() -> int:
         services.start("producer", "btc_assets.stream.producer", "--ws-url", f"ws://127.0.0.1:{args.port}",
                        "--rest-url", f"http://127.0.0.1:{args.port}", "--no-resume", "--log-level", "WARNING")
         wait_for(lambda: services.control("stats")["open_connections"] > 0, 60)
+        if args.warmup_seconds > 0:  # the first batches compile the query's code: a start, not the steady state
+            print(f"warm-up: 300 trades/s for {args.warmup_seconds:.0f}s (not measured) …", flush=True)
+            run_phase(services, reader, 300, args.warmup_seconds, args.slack)
         print(f"latency run: 300 trades/s for {args.latency_seconds:.0f}s …", flush=True)
         results.append(run_phase(services, reader, 300, args.latency_seconds, args.slack, probe=True))
         for rate in (float(value) for value in args.rates.split(",")):

@@ -54,7 +54,7 @@ SETTINGS: tuple[Setting, ...] = (
             "the hadoop-streaming jar"),
     Setting("HADOOP_CONF_DIR", "$BTC_STACK_DIR/hadoop/conf", "Hadoop client configuration directory"),
     Setting("BTC_HADOOP_CLASS_ARCHIVE", "", "a JDK class-data sharing archive of the Hadoop jars (`-XX:SharedArchiveFile`) "
-            "the MapReduce job's JVM starts from, ~0.5 s faster; the local stack dumps one into its cache"),
+            "the MapReduce job's JVM starts from (2-10 % off a 4.7 M-trade job here); the local stack dumps one into its cache"),
     Setting("BTC_MAPREDUCE_CONCURRENCY", "1",
             "most MapReduce jobs (minute_bars runs) at once, e.g. in a UI backfill: the `mapreduce` pool's limit "
             "(1 fits 2 cores: each job runs one map task per core)"),

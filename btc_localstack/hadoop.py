@@ -256,9 +256,9 @@ class HadoopService(Service):
 
     def _dump_class_archive(self) -> None:
         """Once per jars and JVM: a small minute-bars job on the local file system, its JVM told to archive the
-        classes it loaded (JDK AppCDS). Every MapReduce job after starts from that archive, about half a second
-        sooner (hadoop_streaming.class_archive_opts). A failed dump only costs that half second: it is said
-        and provisioning goes on."""
+        classes it loaded (JDK AppCDS). Every MapReduce job after starts from that archive, a little sooner
+        (hadoop_streaming.class_archive_opts). A failed dump only costs that: it is said and provisioning goes
+        on."""
         archive = self.class_archive
         if archive.exists():
             return
@@ -284,7 +284,7 @@ class HadoopService(Service):
                            timeout=300)
                 dumping.replace(archive)
             except StackError as error:
-                progress(self.name, f"no class-data archive (jobs start ~0.5 s slower): {error}")
+                progress(self.name, f"no class-data archive (MapReduce jobs start a little slower): {error}")
             finally:
                 dumping.unlink(missing_ok=True)
 

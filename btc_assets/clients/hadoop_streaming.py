@@ -98,7 +98,7 @@ def hadoop_java_command(main_class: str, args: Sequence[str], classpath: str, co
 def class_archive_opts(archive: str | Path | None) -> list[str]:
     """JVM options that map the Hadoop classes from a class-data sharing archive (``BTC_HADOOP_CLASS_ARCHIVE``,
     dumped from the same jars by the same JVM), instead of loading and verifying them from the jars at every
-    start: about half a second off each job. Nothing when there is no such file; an archive from another JVM
+    start (2-10 % off a 4.7 M-trade job here, the more the busier the machine). Nothing when there is no such file; an archive from another JVM
     or other jars is ignored by the JVM (``-Xshare:auto``), which then loads the classes as usual."""
     if not archive or not Path(archive).is_file():
         return []
