@@ -228,7 +228,12 @@ def cmd_replay(args) -> int:
     followed here until it ends (btc_assets.stream.replay)."""
     from btc_localstack.dagster import RUN_DONE, launch_run, run_messages
 
+    from btc_assets.defs.history.assets import daily_partitions
+
     date.fromisoformat(args.date)
+    if args.date not in daily_partitions.get_partition_keys():
+        raise StackError(f"{args.date} is not a day of replay_job's partitions: from "
+                         f"{daily_partitions.start:%Y-%m-%d} to yesterday (UTC)")
     dagster = _stack().services["dagster"]
     if not dagster.is_running():
         raise StackError("the Dagster webserver and daemon are not running: `btc-pipeline stack up` starts them")

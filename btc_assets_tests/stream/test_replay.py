@@ -151,7 +151,11 @@ def test_the_replay_command_launches_replay_job_on_the_stacks_dagster_and_report
     """`btc-pipeline replay` launches a run of replay_job through the webserver's GraphQL API (the daemon runs it, the
     UI shows it) and follows its log: a day that was never stored fails the run with the replay's own message,
     which the command prints, and it exits 1 with the run's id."""
-    day = "2019-01-02"
+    outside = subprocess.run([sys.executable, "-m", "btc_localstack.cli", "replay", "--date", "2019-01-02"],
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert outside.returncode != 0 and "2019-01-02 is not a day of replay_job's partitions" in outside.stderr, \
+        outside.stderr[-2000:]
+    day = "2024-01-02"  # a day of the partitions that no test stores
     result = subprocess.run([sys.executable, "-m", "btc_localstack.cli", "replay", "--symbol", SYMBOL, "--date", day,
                              "--speed", "60"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-4000:]
