@@ -144,6 +144,13 @@ class Services:
                 process.kill()
 
 
+def spark_job_beating(reader: Influx, timeout: float = 180) -> bool:
+    """Whether the bench's Spark job wrote a heartbeat into its bucket within ``timeout`` seconds."""
+    return wait_for(lambda: reader.query(
+        f'from(bucket: "{reader.bucket}") |> range(start: -5m) '
+        f'|> filter(fn: (r) => r._measurement == "{schema.HEALTH_MEASUREMENT}") |> limit(n: 1)'), timeout)
+
+
 def wait_for(condition, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -320,9 +327,7 @@ def producer_stage(args, reader: Influx, services: Services) -> int:
               f"ceiling {rate / ceiling:.4f} (the source is not what bounds it)", flush=True)
         services.stop()  # its source is gone: no producer reconnecting beside the whole path's
         whole.start("spark-job", "btc_assets.stream.spark_job", "--log-level", "WARNING")
-        wait_for(lambda: reader.query(
-            f'from(bucket: "{reader.bucket}") |> range(start: -5m) '
-            f'|> filter(fn: (r) => r._measurement == "{schema.HEALTH_MEASUREMENT}") |> limit(n: 1)'), 180)
+        spark_job_beating(reader)
         started = time.monotonic()
         kafka_rate = _firehose_into(whole, events)
         wait_for(lambda: count_points(reader) >= len(events), 600)
@@ -524,9 +529,7 @@ def main() -> int:
     results = []
     try:
         services.start("spark-job", "btc_assets.stream.spark_job", "--log-level", "WARNING")
-        if not wait_for(lambda: reader.query(
-                f'from(bucket: "{bucket}") |> range(start: -5m) '
-                f'|> filter(fn: (r) => r._measurement == "{schema.HEALTH_MEASUREMENT}") |> limit(n: 1)'), 180):
+        if not spark_job_beating(reader):
             print(f"the Spark job did not start; see {services.logs}", file=sys.stderr)
             return 1
         services.start("binance-emulator", "btc_testkit.binance_emulator", "--port", str(args.port),
