@@ -9,7 +9,10 @@ HDFS at the raw-trades path, then times, in this one process:
   * a real ``minute_bars`` materialization of the same day (``dagster.materialize`` with the code
     location's asset, the job going through Dagster Pipes as in every run): the trades/s the asset
     reports in its metadata (what the UI shows) and the whole run's wall time;
-  * the reference: DuckDB's GROUP BY computing the same bars from the same CSV on local disk.
+  * the reference: DuckDB's GROUP BY computing the same bars from the same CSV on local disk;
+  * the levers, as the same job without each: the class-data archive (``BTC_HADOOP_CLASS_ARCHIVE``) and the
+    block reader (``BTC_MAPREDUCE_INPUT=blocks``: mapreduce/LineBlockInputFormat.java, against Hadoop's
+    TextInputFormat handing the mapper a line at a time).
 It prints trades/s for each and the ratios to DuckDB, and checks all give the same number of bars.
 """
 
@@ -78,8 +81,10 @@ def main() -> int:
     mapreduce = MapReduceResource(framework="local", hadoop_classpath=env["BTC_HADOOP_CLASSPATH"],
                                   streaming_jar=env["BTC_HADOOP_STREAMING_JAR"], conf_dir=env["HADOOP_CONF_DIR"],
                                   hdfs_url=env["BTC_HDFS_URL"], class_archive=env.get("BTC_HADOOP_CLASS_ARCHIVE", ""))
-    # The class-data archive as a lever: the same job with the JVM loading every class from the jars.
+    # The levers, each timed against the asset's own set-up in the same run: the class-data archive (the same
+    # job with the JVM loading every class from the jars) and the block reader (the same job reading a line at a time).
     without_archive = mapreduce.model_copy(update={"class_archive": ""})
+    line_by_line = mapreduce.model_copy(update={"input": "lines"})
 
     with tempfile.TemporaryDirectory(prefix="btc-bench-") as workdir:
         csv_path = Path(workdir) / f"{SYMBOL}-trades-{DAY}.csv"
@@ -92,12 +97,13 @@ def main() -> int:
             storage.replace(day_path(storage, "raw", SYMBOL, DAY), handle)
         print(f"uploaded to HDFS: {day_path(storage, 'raw', SYMBOL, DAY)}")
 
-        mapreduce_seconds, reference_seconds, asset_runs, no_archive_seconds = [], [], [], []
+        mapreduce_seconds, reference_seconds, asset_runs, no_archive_seconds, lines_seconds = [], [], [], [], []
         for attempt in range(args.repeat):
             counters, seconds, target = compute_minute_bars(mapreduce, storage, SYMBOL, DAY)
             mapreduce_seconds.append(seconds)
             if mapreduce.class_archive:
                 no_archive_seconds.append(compute_minute_bars(without_archive, storage, SYMBOL, DAY)[1])
+            lines_seconds.append(compute_minute_bars(line_by_line, storage, SYMBOL, DAY)[1])
             bars = counters.get("btc.minute_bars")
             asset_runs.append(materialize_minute_bars(storage_resource, mapreduce))
             started = time.monotonic()
@@ -123,6 +129,9 @@ def main() -> int:
               f"with / without: {best_mr / min(no_archive_seconds):.3f}")
     else:
         print("no class-data archive (BTC_HADOOP_CLASS_ARCHIVE): `btc-pipeline stack provision` dumps one")
+    print(f"the same job reading a line at a time (BTC_MAPREDUCE_INPUT=lines, Hadoop's TextInputFormat): "
+          f"{min(lines_seconds):.2f}s = {len(trades) / min(lines_seconds):,.0f} trades/s; "
+          f"blocks / lines: {best_mr / min(lines_seconds):.3f}")
     run_seconds, metadata = min(asset_runs, key=lambda run: run[1]["duration_s"])
     asset_rate = metadata["trades_per_second"]
     print(f"minute_bars materialization (Dagster, through Pipes): the asset's job {metadata['duration_s']:.2f}s = "

@@ -55,6 +55,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("HADOOP_CONF_DIR", "$BTC_STACK_DIR/hadoop/conf", "Hadoop client configuration directory"),
     Setting("BTC_HADOOP_CLASS_ARCHIVE", "", "a JDK class-data sharing archive of the Hadoop jars (`-XX:SharedArchiveFile`) "
             "the MapReduce job's JVM starts from (2-10 % off a 4.7 M-trade job here); the local stack dumps one into its cache"),
+    Setting("BTC_MAPREDUCE_INPUT", "blocks",
+            "how the minute_bars job's map tasks read a day: `blocks` (mapreduce/LineBlockInputFormat.java, blocks of "
+            "whole lines, compiled once with the JDK's javac into the cache; without javac the job falls back to "
+            "`lines`, saying so) or `lines` (Hadoop's TextInputFormat, a line at a time: the same bars, ~1.5x slower)"),
     Setting("BTC_MAPREDUCE_CONCURRENCY", "1",
             "most MapReduce jobs (minute_bars runs) at once, e.g. in a UI backfill: the `mapreduce` pool's limit "
             "(1 fits 2 cores: each job runs one map task per core)"),
@@ -154,6 +158,11 @@ def data_dir() -> Path:
         raise FileNotFoundError(f"BTC_DATA_DIR={path} has no mapreduce/mapper.py: point BTC_DATA_DIR at the folder "
                                 f"holding mapreduce/ and grafana/ (the checkout, or <prefix>/share/{DISTRIBUTION})")
     return path
+
+
+def cache_dir() -> Path:
+    """``BTC_CACHE_DIR``: downloaded and built engines and tools, outside any checkout (an empty value counts as unset)."""
+    return Path(os.environ.get("BTC_CACHE_DIR") or Path.home() / ".cache" / "btc-pipeline").expanduser().resolve()
 
 
 def mapreduce_dir() -> Path:

@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from btc_assets import config
 from btc_assets.processes import ManagedProcess, ProcessError
 
 __all__ = ["ManagedProcess", "StackError", "StackPaths", "Service", "progress"]
@@ -42,9 +43,8 @@ class StackPaths:
     @classmethod
     def from_env(cls, default_state: str = ".local-stack") -> "StackPaths":
         # An empty variable counts as unset (the config defaults set placeholders to "").
-        cache = Path(os.environ.get("BTC_CACHE_DIR") or Path.home() / ".cache" / "btc-pipeline")
         state = Path(os.environ.get("BTC_STACK_DIR") or REPO_ROOT / default_state)
-        return cls(cache_dir=cache.expanduser().resolve(), state_dir=state.expanduser().resolve())
+        return cls(cache_dir=config.cache_dir(), state_dir=state.expanduser().resolve())
 
     def service_dir(self, name: str) -> Path:
         path = self.state_dir / name

@@ -33,8 +33,8 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 from btc_assets import config
-from btc_assets.clients.hadoop_streaming import (JAVA17_FLAGS, StreamingJob, hadoop_java, hadoop_java_command,
-                                                 streaming_command)
+from btc_assets.clients.hadoop_streaming import (JAVA17_FLAGS, StreamingJob, StreamingJobError, hadoop_java,
+                                                 hadoop_java_command, line_blocks_jar, streaming_command)
 from btc_assets.contracts import bars
 from btc_assets.clients.jvm import java_home
 from btc_assets.clients.storage import WebHDFS
@@ -253,6 +253,15 @@ class HadoopService(Service):
             raise StackError(f"hadoop: {self.streaming_jar} missing after resolution; delete {self.lib_dir} "
                              "and run provision again")
         self._dump_class_archive()
+        self._build_line_blocks_jar()
+
+    def _build_line_blocks_jar(self) -> None:
+        """The minute_bars job's block reader (mapreduce/LineBlockInputFormat.java), compiled into the cache now
+        rather than by the first job. A failure is said; the jobs then read their input line by line."""
+        try:
+            line_blocks_jar(self.classpath)
+        except StreamingJobError as error:
+            progress(self.name, f"no block reader for MapReduce (jobs read line by line): {error}")
 
     def _dump_class_archive(self) -> None:
         """Once per jars and JVM: a small minute-bars job on the local file system, its JVM told to archive the

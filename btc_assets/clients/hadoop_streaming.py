@@ -20,20 +20,29 @@ JVM (and, with ``PR_SET_PDEATHSIG``, the JVM dies with the runner whatever kills
 from __future__ import annotations
 
 import ctypes
+import glob
+import hashlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from btc_assets import config
 from btc_assets.clients.jvm import java_executable
 
 STREAMING_CLASS = "org.apache.hadoop.streaming.HadoopStreaming"
+# The minute_bars job's input format (mapreduce/LineBlockInputFormat.java): blocks of whole lines to the
+# mapper instead of one line at a time, built by line_blocks_jar.
+LINE_BLOCKS_CLASS = "btc.mapreduce.LineBlockInputFormat"
+LINE_BLOCKS_SOURCE = "LineBlockInputFormat.java"
 
 # Hadoop 3.4 runs on Java 17, but some code reaches into JDK internals. Measured here: without
 # --add-opens=java.base/java.lang, WebHDFS fails in the NameNode (Guice/cglib calls ClassLoader.defineClass:
@@ -116,6 +125,9 @@ class StreamingJob:
     output: str
     files: Sequence[str] = ()
     conf: Mapping[str, object] | None = None
+    # ``-inputformat`` (default TextInputFormat) and the jars it comes in (``-libjars``: shipped to the tasks).
+    input_format: str = ""
+    libjars: Sequence[str] = ()
 
 
 def streaming_command(job: StreamingJob, *, framework: str, hdfs_url: str, classpath: str = "",
@@ -143,6 +155,10 @@ def streaming_command(job: StreamingJob, *, framework: str, hdfs_url: str, class
     for key, value in conf.items():
         args += ["-D", f"{key}={value}"]
     args += ["-files", ",".join(shipped)]
+    if job.libjars:
+        args += ["-libjars", ",".join(str(Path(jar).resolve()) for jar in job.libjars)]
+    if job.input_format:
+        args += ["-inputformat", job.input_format]
     for path in job.inputs:
         args += ["-input", str(path)]
     args += ["-output", str(job.output), "-mapper", f"{python} {Path(job.mapper).name}"]
@@ -155,6 +171,47 @@ def streaming_command(job: StreamingJob, *, framework: str, hdfs_url: str, class
         raise StreamingJobError("set BTC_HADOOP_CLASSPATH (the Hadoop jars) or BTC_HADOOP_STREAMING_JAR "
                                 "(with the `hadoop` launcher on PATH) to run Hadoop Streaming jobs")
     return ["hadoop", "jar", streaming_jar, *args]
+
+
+def line_blocks_jar(classpath: str, cache_dir: str | Path | None = None, source_dir: str | Path | None = None) -> Path:
+    """The jar of ``LineBlockInputFormat`` (``mapreduce/LineBlockInputFormat.java``), compiled with the JDK's
+    ``javac`` against the Hadoop jars of ``classpath`` into ``<BTC_CACHE_DIR>/mapreduce``, once per source, jars
+    and JDK.
+
+    Raises StreamingJobError when it cannot be built (no ``javac``: a JRE only; a compile error); the
+    caller then runs the job with TextInputFormat (the same bars, slower).
+    """
+    source = Path(source_dir or config.mapreduce_dir()) / LINE_BLOCKS_SOURCE
+    cache_dir = Path(cache_dir or config.cache_dir() / "mapreduce")
+    if not source.is_file():
+        raise StreamingJobError(f"{source} does not exist")
+    java = hadoop_java()
+    javac = java.with_name("javac")
+    if not javac.exists():
+        raise StreamingJobError(f"no javac beside {java} (a JRE, not a JDK): the MapReduce jobs read their input "
+                                "line by line (install the JDK, e.g. openjdk-17-jdk-headless, for the faster "
+                                "block reader)")
+    jars = sorted(name for entry in classpath.split(os.pathsep) for name in (glob.glob(entry) or [entry]))
+    key = hashlib.sha256("\n".join([source.read_text(), str(javac.resolve()), *map(os.path.basename, jars)])
+                         .encode()).hexdigest()[:12]
+    jar = cache_dir / f"btc-line-blocks-{key}.jar"
+    if jar.is_file():
+        return jar
+    jar.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="btc-line-blocks-") as scratch:
+        classes = Path(scratch, "classes")
+        built = subprocess.run([str(javac), "-nowarn", "-encoding", "UTF-8", "--release", "11", "-d", str(classes),
+                                "-cp", classpath, str(source)], capture_output=True, text=True)
+        if built.returncode != 0:
+            raise StreamingJobError(f"javac failed on {source}:\n{built.stderr.strip()[-2000:]}")
+        partial = Path(scratch, jar.name)
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
+            for path in sorted(classes.rglob("*.class")):
+                archive.write(path, path.relative_to(classes).as_posix())
+        # Another process may build the same jar at once: each writes its own and the rename is atomic.
+        shutil.copy(partial, jar.with_name(f"{jar.name}.{os.getpid()}.tmp"))
+        jar.with_name(f"{jar.name}.{os.getpid()}.tmp").replace(jar)
+    return jar
 
 
 # ---- running a job ---------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ from pydantic import PrivateAttr
 from btc_assets import config
 
 from btc_assets.clients import kafka as kafka_io
-from btc_assets.clients.hadoop_streaming import StreamingJob, StreamingJobError, run_job, streaming_command
+from btc_assets.clients.hadoop_streaming import (LINE_BLOCKS_CLASS, StreamingJob, StreamingJobError, line_blocks_jar,
+                                                 run_job, streaming_command)
 from btc_assets.clients.storage import Storage
 from btc_assets.clients.influx import Influx
 from btc_assets.clients.spark import SparkSettings, build_session
@@ -113,6 +114,35 @@ class MapReduceResource(dg.ConfigurableResource):
     hdfs_url: str = config.default("BTC_HDFS_URL")
     heap: str = "1g"
     class_archive: str = ""
+    input: str = config.default("BTC_MAPREDUCE_INPUT")
+
+    def line_input(self) -> tuple[dict, str]:
+        """How a job over line files reads them: ``StreamingJob`` fields for the block reader (``input=blocks``),
+        or none (TextInputFormat) and the reason when it is ``lines`` or the block reader cannot be built."""
+        if self.input not in ("blocks", "lines"):
+            raise ValueError(f"BTC_MAPREDUCE_INPUT={self.input!r}: use `blocks` or `lines`")
+        if self.input == "lines":
+            return {}, "BTC_MAPREDUCE_INPUT=lines"
+        try:
+            classpath = self.hadoop_classpath or self._hadoop_command_classpath()
+            jar = line_blocks_jar(classpath)
+        except (StreamingJobError, OSError) as error:
+            return {}, f"the block reader could not be built, so the job reads line by line: {error}"
+        return {"input_format": LINE_BLOCKS_CLASS, "libjars": [str(jar)],
+                # Only the block goes to the mapper, not its byte offset (the key).
+                "conf": {"stream.map.input.ignoreKey": "true"}}, ""
+
+    @staticmethod
+    def _hadoop_command_classpath() -> str:
+        """The jars of a Hadoop installation (``hadoop classpath``), to compile the block reader against."""
+        import subprocess
+        try:
+            listed = subprocess.run(["hadoop", "classpath"], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise StreamingJobError(f"`hadoop classpath` failed: {error}") from error
+        if listed.returncode != 0:
+            raise StreamingJobError(f"`hadoop classpath` failed: {listed.stderr.strip()[-300:]}")
+        return listed.stdout.strip()
 
     def command(self, job: StreamingJob) -> list[str]:
         return streaming_command(job, framework=self.framework, hdfs_url=self.hdfs_url,
@@ -192,7 +222,8 @@ def build_resources() -> dict[str, Any]:
                                        hadoop_classpath=env("BTC_HADOOP_CLASSPATH"),
                                        streaming_jar=env("BTC_HADOOP_STREAMING_JAR"),
                                        conf_dir=env("HADOOP_CONF_DIR"), hdfs_url=env("BTC_HDFS_URL"),
-                                       class_archive=env("BTC_HADOOP_CLASS_ARCHIVE")),
+                                       class_archive=env("BTC_HADOOP_CLASS_ARCHIVE"),
+                                       input=env("BTC_MAPREDUCE_INPUT")),
         "influx": InfluxResource(url=env("BTC_INFLUX_URL"), org=env("BTC_INFLUX_ORG"),
                                  bucket=env("BTC_INFLUX_BUCKET"), write_token=env("BTC_INFLUX_WRITE_TOKEN"),
                                  read_token=env("BTC_INFLUX_READ_TOKEN"), admin_token=env("BTC_INFLUX_TOKEN")),

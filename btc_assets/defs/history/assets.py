@@ -167,10 +167,16 @@ def compute_minute_bars(mapreduce: MapReduceResource, storage, symbol: str, day:
     if status is None:
         raise FileNotFoundError(f"{source} does not exist: materialize raw_trades for {day} first")
     scripts = config.mapreduce_dir()
+    # The map tasks hand the mapper blocks of whole lines (LineBlockInputFormat), not a line at a time.
+    line_input, line_by_line = mapreduce.line_input()
+    if line_by_line and context is not None:
+        context.log.warning(f"minute_bars reads {symbol} {day} line by line: {line_by_line}")
     job = StreamingJob(
         mapper=str(scripts / "mapper.py"), reducer=str(scripts / "reducer.py"),
         files=bars.streaming_support_files(), inputs=[storage.url(source)], output=storage.url(staging),
-        conf={"mapreduce.job.name": f"minute_bars {symbol} {day}", "mapreduce.job.reduces": "1",
+        input_format=line_input.get("input_format", ""), libjars=line_input.get("libjars", ()),
+        conf={**line_input.get("conf", {}),
+              "mapreduce.job.name": f"minute_bars {symbol} {day}", "mapreduce.job.reduces": "1",
               # LocalJobRunner runs one map task at a time unless told otherwise: use both cores, with
               # one split per core (not one per 128 MB block, which leaves a lone third split). On YARN
               # the block-sized splits stand: a map task per block, as many at once as the cluster has room.
