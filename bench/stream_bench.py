@@ -79,14 +79,17 @@ def count_ids(reader: Influx) -> tuple[int, int]:
 class LatencyProbe(threading.Thread):
     """Polls InfluxDB for trades newer than the last seen and records now - trade time for each."""
 
-    def __init__(self, reader: Influx):
+    def __init__(self, reader: Influx, since: float):
         super().__init__(daemon=True)
         self.reader, self.latencies, self.stopping = reader, [], threading.Event()
+        # Only trades sent from ``since`` on (the phase's start): the phase before's last trades, long queryable,
+        # would count as late by the time between the phases (the "stall" earlier runs reported).
+        self.since = since
         self.polls: list[float] = []  # each poll's own duration: a slow answer delays what it finds
         self.lower: list[float] = []  # the same trades against the start of the poll before (not yet seen then)
 
     def run(self) -> None:
-        since = time.time() - 5
+        since = self.since
         previous = time.time()
         while not self.stopping.is_set():
             started = time.time()
@@ -164,8 +167,8 @@ def run_phase(services: Services, reader: Influx, rate: float, seconds: float, s
               probe: bool = False) -> dict:
     landed_before, _ = count_ids(reader)
     sent_before = services.sent()
-    latency = LatencyProbe(reader) if probe else None
     services.control("rate", value=rate)
+    latency = LatencyProbe(reader, since=time.time()) if probe else None
     started = time.monotonic()
     services.control("resume")
     if latency:
@@ -204,13 +207,13 @@ def run_phase(services: Services, reader: Influx, rate: float, seconds: float, s
     return result
 
 
-def spark_stage(args, reader: Influx, services: Services) -> int:
-    """The Spark job alone: a backlog written to Kafka directly, then drained into InfluxDB."""
-
+def write_backlog(services: Services, trades: int) -> tuple[list[bytes], float]:
+    """``trades`` generated trades written to the run's topic directly, as the producer writes them: (the values,
+    seconds the write took)."""
     from btc_assets.clients import kafka as kafka_io
     from btc_testkit import generator
 
-    day = generator.generate_day(SYMBOL, "2025-04-01", seed=7, trades=args.backlog)
+    day = generator.generate_day(SYMBOL, "2025-04-01", seed=7, trades=trades)
     topic = schema.trade_topic(SYMBOL, services.template)
     # As the producer does: keyed by symbol, so one symbol's trades are one partition (one Spark task).
     kafka_io.ensure_topic(os.environ["BTC_KAFKA_BOOTSTRAP_SERVERS"], topic,
@@ -226,6 +229,45 @@ def spark_stage(args, reader: Influx, services: Services) -> int:
     producer.close()
     print(f"backlog: {len(values):,} trades written to {topic} in {written_s:.1f}s = "
           f"{len(values) / written_s:,.0f} trades/s (kafka-python, acks=all, idempotent)", flush=True)
+    return values, written_s
+
+
+def batches_stage(args, reader: Influx, services: Services) -> int:
+    """Where a trades micro-batch's time goes, with the checkpoints in HDFS (the contract's place) and, as the
+    reference in the same run, on the local file system: the Spark job in this process over a backlog, 200 trades
+    a batch (a live batch at 300 trades/s), its queries' progress durations (p50 of the last 60 batches)."""
+    from btc_assets.defs.resources import SparkResource
+    from btc_assets.stream.spark_job import TRADES, SparkStreamJob, StreamSettings
+
+    write_backlog(services, args.backlog)
+    env = os.environ
+    spark = SparkResource(master=env["BTC_SPARK_MASTER"], driver_memory=env["BTC_SPARK_DRIVER_MEMORY"],
+                          hdfs_url=env["BTC_HDFS_URL"], jars=env["BTC_SPARK_JARS"]).session("btc-stream-bench-batches")
+    local = Path(tempfile.mkdtemp(prefix="btc-bench-checkpoints-"))
+    medians = {}
+    for place, root in (("HDFS", env["BTC_HDFS_URL"].rstrip("/") + services.root), ("local disk", local.as_uri())):
+        settings = StreamSettings.from_env(topic_template=services.template, influx_bucket=services.env["BTC_INFLUX_BUCKET"],
+                                           checkpoint_root=root, max_offsets_per_trigger=200, predictions_models=())
+        job = SparkStreamJob(settings, spark).start()
+        time.sleep(args.seconds)
+        progress = job.queries[TRADES].recentProgress[-60:]
+        job.stop(120)
+        medians[place] = {key: statistics.median(batch.durationMs.get(key, 0) for batch in progress)
+                          for key in sorted({key for batch in progress for key in batch.durationMs})}
+        print(f"checkpoints on {place}: {len(progress)} batches of p50 "
+              f"{statistics.median(batch.numInputRows for batch in progress):.0f} trades; p50 ms: "
+              + ", ".join(f"{key} {value:.0f}" for key, value in medians[place].items()), flush=True)
+    spark.stop()
+    hdfs, disk = medians["HDFS"]["triggerExecution"], medians["local disk"]["triggerExecution"]
+    named = sum(value for key, value in medians["HDFS"].items() if key != "triggerExecution")
+    print(f"a trades batch with its checkpoint in HDFS: p50 {hdfs:.0f} ms, of which the named steps {named:.0f} ms; "
+          f"on the local disk {disk:.0f} ms: ratio HDFS / local {hdfs / disk:.2f}")
+    return 0
+
+
+def spark_stage(args, reader: Influx, services: Services) -> int:
+    """The Spark job alone: a backlog written to Kafka directly, then drained into InfluxDB."""
+    values, written_s = write_backlog(services, args.backlog)
     services.start("spark-job", "btc_assets.stream.spark_job", "--log-level", "WARNING")
     if not wait_for(lambda: count_points(reader) > 0, 300):
         print(f"no trade landed; see {services.logs}", file=sys.stderr)
@@ -490,7 +532,7 @@ def main() -> int:
                         help="300 trades/s before the latency run, not measured (0: measure from the first trade)")
     parser.add_argument("--slack", type=float, default=10.0)
     parser.add_argument("--port", type=int, default=18799, help="the emulator's port")
-    parser.add_argument("--stage", choices=("all", "spark", "producer", "predictions"), default="all",
+    parser.add_argument("--stage", choices=("all", "spark", "producer", "predictions", "batches"), default="all",
                         help="all: emulator -> producer -> Kafka -> Spark -> InfluxDB; spark: Kafka -> Spark -> "
                              "InfluxDB alone, on a backlog written to Kafka first; producer: the producer from a "
                              "source faster than it, then the whole path on that source; predictions: bar complete -> "
@@ -520,9 +562,10 @@ def main() -> int:
 
             Storage.for_url(os.environ["BTC_HDFS_URL"], services.root,
                             webhdfs_url=os.environ["BTC_WEBHDFS_URL"]).fs.delete(services.root, recursive=True)
-    if args.stage in ("spark", "producer"):
+    if args.stage in ("spark", "producer", "batches"):
+        stage = {"spark": spark_stage, "producer": producer_stage, "batches": batches_stage}[args.stage]
         try:
-            return (spark_stage if args.stage == "spark" else producer_stage)(args, reader, services)
+            return stage(args, reader, services)
         finally:
             services.stop()
             admin.client.buckets_api().delete_bucket(bucket_id)
