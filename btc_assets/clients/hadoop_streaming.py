@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from btc_assets import config
-from btc_assets.clients.jvm import java_executable
+from btc_assets.clients.jvm import HDFS_CLIENT_CONF, java_executable
 
 STREAMING_CLASS = "org.apache.hadoop.streaming.HadoopStreaming"
 # The minute_bars job's input format (mapreduce/LineBlockInputFormat.java): blocks of whole lines to the
@@ -137,7 +137,7 @@ def streaming_command(job: StreamingJob, *, framework: str, hdfs_url: str, class
 
     On the local runner the scripts run with this interpreter; on YARN with the node's ``python3``.
     """
-    conf: dict[str, object] = {"mapreduce.framework.name": framework, "fs.defaultFS": hdfs_url}
+    conf: dict[str, object] = {"mapreduce.framework.name": framework, "fs.defaultFS": hdfs_url, **HDFS_CLIENT_CONF}
     if job.reducer is None:
         conf["mapreduce.job.reduces"] = 0
     conf.update(job.conf or {})

@@ -11,6 +11,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from btc_assets.clients.jvm import HDFS_CLIENT_CONF
+
 
 @dataclass(frozen=True)
 class SparkSettings:
@@ -56,6 +58,7 @@ class SparkSettings:
             conf["spark.jars.ivy"] = self.ivy_dir
         if self.hdfs_url:
             conf["spark.hadoop.fs.defaultFS"] = self.hdfs_url
+        conf.update({f"spark.hadoop.{key}": value for key, value in HDFS_CLIENT_CONF.items()})
         if not self.master.startswith("local"):
             conf["spark.executor.memory"] = self.executor_memory
             # The project, shipped to the executors the way spark-submit --py-files ships it.
