@@ -36,7 +36,7 @@ from btc_assets import config
 from btc_assets.clients.hadoop_streaming import (JAVA17_FLAGS, StreamingJob, StreamingJobError, hadoop_java,
                                                  hadoop_java_command, line_blocks_jar, streaming_command)
 from btc_assets.contracts import bars
-from btc_assets.clients.jvm import java_home
+from btc_assets.clients.jvm import HDFS_CLIENT_CONF, java_home
 from btc_assets.clients.storage import WebHDFS
 
 from .base import (
@@ -328,6 +328,9 @@ class HadoopService(Service):
             "dfs.namenode.handler.count": 10,
             "dfs.datanode.handler.count": 5,
             "dfs.datanode.max.transfer.threads": 1024,
+            # The daemons' own HDFS writes (WebHDFS uploads through a DataNode, YARN's logs and job history)
+            # close files with the clients' shorter retry delay too (jvm.HDFS_CLIENT_CONF says why).
+            **HDFS_CLIENT_CONF,
             **self._datanode_site(1),
         }
         if topo.datanodes == 1:
