@@ -232,6 +232,70 @@ def write_backlog(services: Services, trades: int) -> tuple[list[bytes], float]:
     return values, written_s
 
 
+def clients_stage(args, reader: Influx, services: Services) -> int:  # noqa: ARG001 - a stage's signature
+    """The producer's Kafka client at its own ceiling: the same ``--backlog`` trade events written by kafka-python
+    (the producer's client, as the producer configures it: acks=all, idempotent) and, in the same run, by
+    librdkafka through confluent-kafka with the same guarantees; each topic's end offsets checked."""
+    from btc_assets.clients import kafka as kafka_io
+    from btc_testkit import generator
+
+    try:
+        import confluent_kafka
+    except ImportError:
+        print("--stage clients needs confluent-kafka: .venv/bin/pip install 'confluent-kafka>=2.6,<3'", file=sys.stderr)
+        return 2
+    bootstrap = os.environ["BTC_KAFKA_BOOTSTRAP_SERVERS"]
+    day = generator.generate_day(SYMBOL, "2025-04-01", seed=7, trades=args.backlog)
+    values = [json.dumps(event).encode() for event in generator.live_events(day)]
+    key = SYMBOL.encode()
+    rates = {}
+    for client in ("kafka-python", "confluent-kafka"):
+        topic = schema.trade_topic(SYMBOL, services.template) + "-" + client
+        kafka_io.ensure_topic(bootstrap, topic, partitions=int(os.environ.get("BTC_KAFKA_PARTITIONS", "3")))
+        if client == "kafka-python":
+            producer = kafka_io.producer(bootstrap, client_id="stream-bench-clients")
+            started = time.monotonic()
+            for value in values:
+                producer.send(topic, key=key, value=value)
+            producer.flush()
+            elapsed = time.monotonic() - started
+            producer.close()
+        else:
+            failed = []
+            producer = confluent_kafka.Producer({
+                "bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 20,
+                "batch.size": 256 * 1024, "client.id": "stream-bench-clients"})
+
+            def delivered(error, _message):
+                if error is not None:
+                    failed.append(error)
+
+            started = time.monotonic()
+            for value in values:
+                while True:
+                    try:
+                        producer.produce(topic, value=value, key=key, on_delivery=delivered)
+                        break
+                    except BufferError:  # the local queue is full: serve delivery reports, then retry this one
+                        producer.poll(0.05)
+                producer.poll(0)
+            left = producer.flush(120)
+            elapsed = time.monotonic() - started
+            if left or failed:
+                print(f"confluent-kafka: {left} undelivered, {len(failed)} failed: {failed[:3]}", file=sys.stderr)
+                return 1
+        landed = sum(kafka_io.end_offsets(bootstrap, topic).values())
+        rates[client] = len(values) / elapsed
+        print(f"{client}: {len(values):,} trades in {elapsed:.1f}s = {rates[client]:,.0f} trades/s; "
+              f"{landed:,} records in {topic}", flush=True)
+        if landed != len(values):
+            print(f"{client}: {landed:,} records in Kafka, {len(values):,} sent", file=sys.stderr)
+            return 1
+    print(f"ratio confluent-kafka / kafka-python: {rates['confluent-kafka'] / rates['kafka-python']:.2f} "
+          "(acks=all, idempotent, the same events, same run)", flush=True)
+    return 0
+
+
 def batches_stage(args, reader: Influx, services: Services) -> int:
     """Where a trades micro-batch's time goes: the Spark job in this process over a backlog, 200 trades a batch (a
     live batch at 300 trades/s), its trades query's progress durations (p50 of the last 60 batches), with the
@@ -376,14 +440,14 @@ def producer_stage(args, reader: Influx, services: Services) -> int:
     # The whole path on a topic of its own, so its Spark job reads only that stage's trades.
     whole = services.fresh("e2e")
     try:
-        rate = _firehose_into(services, events)
+        rate = _firehose_into(services, events, args.kafka_client)
         print(f"producer stage: {len(events):,} trades in Kafka at {rate:,.0f} trades/s; ratio to the source's "
               f"ceiling {rate / ceiling:.4f} (the source is not what bounds it)", flush=True)
         services.stop()  # its source is gone: no producer reconnecting beside the whole path's
         whole.start("spark-job", "btc_assets.stream.spark_job", "--log-level", "WARNING")
         spark_job_beating(reader)
         started = time.monotonic()
-        kafka_rate = _firehose_into(whole, events)
+        kafka_rate = _firehose_into(whole, events, args.kafka_client)
         wait_for(lambda: count_points(reader) >= len(events), 600)
         landed_s = time.monotonic() - started
     finally:
@@ -397,7 +461,7 @@ def producer_stage(args, reader: Influx, services: Services) -> int:
     return 0 if once else 1
 
 
-def _firehose_into(services: Services, events: list[dict]) -> float:
+def _firehose_into(services: Services, events: list[dict], client: str) -> float:
     """A Firehose of ``events`` read by the producer into the services' topic; trades/s from the first frame sent
     to the last trade in Kafka."""
     from btc_assets.clients import kafka as kafka_io
@@ -406,7 +470,8 @@ def _firehose_into(services: Services, events: list[dict]) -> float:
     source = Firehose(events)
     source.start()
     services.start("producer", "btc_assets.stream.producer", "--ws-url", f"ws://127.0.0.1:{source.port}",
-                   "--rest-url", "http://127.0.0.1:9", "--no-resume", "--log-level", "WARNING")
+                   "--rest-url", "http://127.0.0.1:9", "--no-resume", "--log-level", "WARNING",
+                   "--kafka-client", client)
     try:
         wait_for(lambda: source.started > 0, 120)
         bootstrap = os.environ["BTC_KAFKA_BOOTSTRAP_SERVERS"]
@@ -544,11 +609,15 @@ def main() -> int:
                         help="300 trades/s before the latency run, not measured (0: measure from the first trade)")
     parser.add_argument("--slack", type=float, default=10.0)
     parser.add_argument("--port", type=int, default=18799, help="the emulator's port")
-    parser.add_argument("--stage", choices=("all", "spark", "producer", "predictions", "batches"), default="all",
+    parser.add_argument("--stage", default="all",
+                        choices=("all", "spark", "producer", "predictions", "batches", "clients"),
                         help="all: emulator -> producer -> Kafka -> Spark -> InfluxDB; spark: Kafka -> Spark -> "
                              "InfluxDB alone, on a backlog written to Kafka first; producer: the producer from a "
                              "source faster than it, then the whole path on that source; predictions: bar complete -> "
-                             "prediction queryable, over --minutes of live stream")
+                             "prediction queryable, over --minutes of live stream; clients: kafka-python against "
+                             "confluent-kafka (librdkafka) writing the same --backlog, acks=all and idempotent")
+    parser.add_argument("--kafka-client", default="kafka-python", choices=("kafka-python", "confluent-kafka"),
+                        help="--stage producer: the producer's Kafka client")
     parser.add_argument("--minutes", type=float, default=30.0, help="--stage predictions: how long to measure")
     parser.add_argument("--backlog", type=int, default=1_500_000,
                         help="--stage spark: trades in the backlog; --stage producer: trades the source sends")
@@ -574,8 +643,9 @@ def main() -> int:
 
             Storage.for_url(os.environ["BTC_HDFS_URL"], services.root,
                             webhdfs_url=os.environ["BTC_WEBHDFS_URL"]).fs.delete(services.root, recursive=True)
-    if args.stage in ("spark", "producer", "batches"):
-        stage = {"spark": spark_stage, "producer": producer_stage, "batches": batches_stage}[args.stage]
+    if args.stage in ("spark", "producer", "batches", "clients"):
+        stage = {"spark": spark_stage, "producer": producer_stage, "batches": batches_stage,
+                 "clients": clients_stage}[args.stage]
         try:
             return stage(args, reader, services)
         finally:

@@ -114,6 +114,7 @@ class ProducerSettings:
     rest_timeout_s: float = 10.0
     max_backfill: int = 100_000  # larger gaps are left to the daily history files
     resume: bool = True  # start from the last trade id already in Kafka
+    kafka_client: str = "kafka-python"  # or "confluent-kafka" (librdkafka): kafka_io.PRODUCER_CLIENTS
     # The heartbeat in InfluxDB (pipeline_health, component=producer) the health sensor judges; off without a URL.
     influx_url: str = ""
     influx_org: str = ""
@@ -132,6 +133,7 @@ class ProducerSettings:
             influx_bucket=config.get_optional("BTC_INFLUX_BUCKET"),
             influx_token=config.get_optional("BTC_INFLUX_WRITE_TOKEN"),
             health_interval_s=float(config.get("BTC_STREAM_HEALTH_SECONDS")),
+            kafka_client=config.get("BTC_KAFKA_PRODUCER_CLIENT"),
         )
         settings.update({name: value for name, value in overrides.items() if value is not None})
         return cls(**settings)
@@ -719,7 +721,7 @@ class TradeProducerService:
             if resumed:
                 log.info("resuming after the last trades in Kafka: %s", _ids_text(resumed))
         if self.producer is None:
-            self.producer = kafka_io.producer(settings.bootstrap_servers)
+            self.producer = kafka_io.producer(settings.bootstrap_servers, client=settings.kafka_client)
         self.sink = KafkaTradeSink(self.messages, self.producer, self.backfill, self.stats_counters, self.symbols,
                                    settings.topic_template, settings.max_backfill)
         self._sink_thread = threading.Thread(target=self.sink.run, name="kafka-sink", daemon=True)
@@ -810,6 +812,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rest-url", help="Binance REST base URL (default: BTC_BINANCE_REST_URL)")
     parser.add_argument("--bootstrap-servers", help="Kafka (default: BTC_KAFKA_BOOTSTRAP_SERVERS)")
     parser.add_argument("--topic-template", help="trade topic per symbol (default: BTC_KAFKA_TOPIC_TEMPLATE)")
+    parser.add_argument("--kafka-client", choices=kafka_io.PRODUCER_CLIENTS,
+                        help="the Kafka client library (default: BTC_KAFKA_PRODUCER_CLIENT)")
     parser.add_argument("--queue-size", type=int, help="messages between the feed and the sink (default 100000)")
     parser.add_argument("--stats-interval", type=float, dest="stats_interval_s", help="seconds between stats lines")
     parser.add_argument("--max-connection-age", type=float, dest="max_connection_age_s",

@@ -10,8 +10,10 @@ import subprocess
 import sys
 import time
 
+import pytest
 import requests
 
+from btc_assets.clients import kafka as kafka_io
 from btc_assets.contracts import schema
 from btc_localstack.base import REPO_ROOT
 from btc_testkit.binance_emulator import BinanceEmulator
@@ -19,10 +21,12 @@ from btc_testkit.binance_emulator import BinanceEmulator
 from .helpers import produce_all, producer_settings, read_topic, running_producer, trade_ids, wait_for
 
 
-def test_every_trade_once_in_id_order_as_sent(kafka_bootstrap, topic_template):
+@pytest.mark.parametrize("client", kafka_io.PRODUCER_CLIENTS)  # kafka-python, and librdkafka
+def test_every_trade_once_in_id_order_as_sent(kafka_bootstrap, topic_template, client):
     symbols = ("BTCUSDT", "ETHUSDT")
     with BinanceEmulator(symbols, trades=10_000, rate=0, seed=1) as binance:  # 20,000 trades, as fast as read
-        stats = produce_all(binance, producer_settings(binance, kafka_bootstrap, topic_template), 20_000)
+        settings = producer_settings(binance, kafka_bootstrap, topic_template, kafka_client=client)
+        stats = produce_all(binance, settings, 20_000)
         for symbol in symbols:
             records = read_topic(kafka_bootstrap, schema.trade_topic(symbol, topic_template))
             assert trade_ids(records) == binance.generated_ids(symbol)  # each once, in id order, no gap
@@ -65,17 +69,20 @@ def test_three_drops_with_skipped_ids_are_backfilled(kafka_bootstrap, topic_temp
     assert backfilled == {**original, schema.EVENT_TIME: original[schema.EVENT_TRADE_TIME]}  # REST: E = T
 
 
-def test_a_full_queue_holds_the_feed_back_and_loses_nothing(kafka_bootstrap, topic_template):
+@pytest.mark.parametrize("client", kafka_io.PRODUCER_CLIENTS)  # kafka-python, and librdkafka
+def test_a_full_queue_holds_the_feed_back_and_loses_nothing(kafka_bootstrap, topic_template, client):
     with BinanceEmulator(("BTCUSDT",), trades=5_000, rate=0, seed=11) as binance:
-        stats = produce_all(binance, producer_settings(binance, kafka_bootstrap, topic_template, queue_size=20), 5_000)
+        stats = produce_all(binance, producer_settings(binance, kafka_bootstrap, topic_template, kafka_client=client,
+                                                         queue_size=20), 5_000)
     assert stats["backpressure_waits"] > 0
     records = read_topic(kafka_bootstrap, schema.trade_topic("BTCUSDT", topic_template))
     assert trade_ids(records) == binance.generated_ids("BTCUSDT")
 
 
-def test_a_restarted_producer_resumes_after_the_last_trade_in_kafka(kafka_bootstrap, topic_template):
+@pytest.mark.parametrize("client", kafka_io.PRODUCER_CLIENTS)  # kafka-python, and librdkafka
+def test_a_restarted_producer_resumes_after_the_last_trade_in_kafka(kafka_bootstrap, topic_template, client):
     with BinanceEmulator(("BTCUSDT",), trades=6_000, rate=3_000, seed=8) as binance:
-        settings = producer_settings(binance, kafka_bootstrap, topic_template)
+        settings = producer_settings(binance, kafka_bootstrap, topic_template, kafka_client=client)
         with running_producer(settings) as first:
             binance.wait_sent(2_000)
         binance.skip(30)  # traded while no producer ran: only REST can give these back
@@ -91,9 +98,11 @@ def test_a_restarted_producer_resumes_after_the_last_trade_in_kafka(kafka_bootst
     assert first.stats()["produced"] + second.stats()["produced"] == 6_000
 
 
-def test_garbage_goes_to_the_dead_letter_topic(kafka_bootstrap, topic_template):
+@pytest.mark.parametrize("client", kafka_io.PRODUCER_CLIENTS)  # kafka-python, and librdkafka
+def test_garbage_goes_to_the_dead_letter_topic(kafka_bootstrap, topic_template, client):
     with BinanceEmulator(("BTCUSDT",), trades=10_000, rate=0, seed=3, garbage_ratio=0.01) as binance:
-        with running_producer(producer_settings(binance, kafka_bootstrap, topic_template)) as producer:
+        settings = producer_settings(binance, kafka_bootstrap, topic_template, kafka_client=client)
+        with running_producer(settings) as producer:
             binance.wait_until_done()
             expected = 10_000 + len(binance.garbage_sent)
             wait_for(lambda: producer.stats()["produced"] + producer.stats()["malformed"] == expected,
