@@ -29,6 +29,10 @@ bar of a later minute (until the next minute's trades arrive a bar may still cha
 and the latency is from then to the first time its prediction (of the minute after) is queryable, per symbol
 and model. Printed: p50/p99/max, the minutes that never got a prediction, and the latency from the minute's close
 (the bar's end) as a reference; the target is p99 <= 5 s.
+
+``--stage clients`` writes the same ``--backlog`` events with kafka-python (the reference) and with librdkafka
+(confluent-kafka), both acks=all and idempotent, and prints the ratio; ``--stage producer --kafka-client
+confluent-kafka`` runs the producer stage with librdkafka.
 """
 
 from __future__ import annotations
