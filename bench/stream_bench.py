@@ -55,6 +55,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from btc_assets.clients import kafka as kafka_io  # noqa: E402
 from btc_assets.contracts import schema  # noqa: E402
 from btc_assets.clients.influx import Influx  # noqa: E402
 from bench.stack_env import use_running_stack  # noqa: E402
@@ -214,7 +215,6 @@ def run_phase(services: Services, reader: Influx, rate: float, seconds: float, s
 def write_backlog(services: Services, trades: int) -> tuple[list[bytes], float]:
     """``trades`` generated trades written to the run's topic directly, as the producer writes them: (the values,
     seconds the write took)."""
-    from btc_assets.clients import kafka as kafka_io
     from btc_testkit import generator
 
     day = generator.generate_day(SYMBOL, "2025-04-01", seed=7, trades=trades)
@@ -237,63 +237,34 @@ def write_backlog(services: Services, trades: int) -> tuple[list[bytes], float]:
 
 
 def clients_stage(args, reader: Influx, services: Services) -> int:  # noqa: ARG001 - a stage's signature
-    """The producer's Kafka client at its own ceiling: the same ``--backlog`` trade events written by kafka-python
-    (the producer's client, as the producer configures it: acks=all, idempotent) and, in the same run, by
-    librdkafka through confluent-kafka with the same guarantees; each topic's end offsets checked."""
-    from btc_assets.clients import kafka as kafka_io
+    """The producer's Kafka client at its own ceiling: the same ``--backlog`` trade events written through
+    ``kafka_io.producer`` with kafka-python (the reference) and, in the same run, with librdkafka (confluent-kafka),
+    both as the producer configures them (acks=all, idempotent); each topic's end offsets checked."""
     from btc_testkit import generator
 
-    try:
-        import confluent_kafka
-    except ImportError:
-        print("--stage clients needs confluent-kafka: .venv/bin/pip install 'confluent-kafka>=2.6,<3'", file=sys.stderr)
-        return 2
     bootstrap = os.environ["BTC_KAFKA_BOOTSTRAP_SERVERS"]
     day = generator.generate_day(SYMBOL, "2025-04-01", seed=7, trades=args.backlog)
     values = [json.dumps(event).encode() for event in generator.live_events(day)]
     key = SYMBOL.encode()
     rates = {}
-    for client in ("kafka-python", "confluent-kafka"):
+    for client in kafka_io.PRODUCER_CLIENTS:
         topic = schema.trade_topic(SYMBOL, services.template) + "-" + client
         kafka_io.ensure_topic(bootstrap, topic, partitions=int(os.environ.get("BTC_KAFKA_PARTITIONS", "3")))
-        if client == "kafka-python":
-            producer = kafka_io.producer(bootstrap, client_id="stream-bench-clients")
-            started = time.monotonic()
-            for value in values:
-                producer.send(topic, key=key, value=value)
-            producer.flush()
-            elapsed = time.monotonic() - started
-            producer.close()
-        else:
-            failed = []
-            producer = confluent_kafka.Producer({
-                "bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 20,
-                "batch.size": 256 * 1024, "client.id": "stream-bench-clients"})
-
-            def delivered(error, _message):
-                if error is not None:
-                    failed.append(error)
-
-            started = time.monotonic()
-            for value in values:
-                while True:
-                    try:
-                        producer.produce(topic, value=value, key=key, on_delivery=delivered)
-                        break
-                    except BufferError:  # the local queue is full: serve delivery reports, then retry this one
-                        producer.poll(0.05)
-                producer.poll(0)
-            left = producer.flush(120)
-            elapsed = time.monotonic() - started
-            if left or failed:
-                print(f"confluent-kafka: {left} undelivered, {len(failed)} failed: {failed[:3]}", file=sys.stderr)
-                return 1
+        refused = []
+        producer = kafka_io.producer(bootstrap, client=client, client_id="stream-bench-clients")
+        started = time.monotonic()
+        for value in values:
+            producer.send(topic, key=key, value=value).add_errback(refused.append)
+        producer.flush()
+        elapsed = time.monotonic() - started
+        producer.close()
         landed = sum(kafka_io.end_offsets(bootstrap, topic).values())
         rates[client] = len(values) / elapsed
         print(f"{client}: {len(values):,} trades in {elapsed:.1f}s = {rates[client]:,.0f} trades/s; "
               f"{landed:,} records in {topic}", flush=True)
-        if landed != len(values):
-            print(f"{client}: {landed:,} records in Kafka, {len(values):,} sent", file=sys.stderr)
+        if refused or landed != len(values):
+            print(f"{client}: {len(refused):,} refused {refused[:3]}; {landed:,} records in Kafka, {len(values):,} sent",
+                  file=sys.stderr)
             return 1
     print(f"ratio confluent-kafka / kafka-python: {rates['confluent-kafka'] / rates['kafka-python']:.2f} "
           "(acks=all, idempotent, the same events, same run)", flush=True)
@@ -468,7 +439,6 @@ def producer_stage(args, reader: Influx, services: Services) -> int:
 def _firehose_into(services: Services, events: list[dict], client: str) -> float:
     """A Firehose of ``events`` read by the producer into the services' topic; trades/s from the first frame sent
     to the last trade in Kafka."""
-    from btc_assets.clients import kafka as kafka_io
 
     topic = schema.trade_topic(SYMBOL, services.template)
     source = Firehose(events)
@@ -620,7 +590,7 @@ def main() -> int:
                              "source faster than it, then the whole path on that source; predictions: bar complete -> "
                              "prediction queryable, over --minutes of live stream; clients: kafka-python against "
                              "confluent-kafka (librdkafka) writing the same --backlog, acks=all and idempotent")
-    parser.add_argument("--kafka-client", default="kafka-python", choices=("kafka-python", "confluent-kafka"),
+    parser.add_argument("--kafka-client", default="kafka-python", choices=kafka_io.PRODUCER_CLIENTS,
                         help="--stage producer: the producer's Kafka client")
     parser.add_argument("--minutes", type=float, default=30.0, help="--stage predictions: how long to measure")
     parser.add_argument("--backlog", type=int, default=1_500_000,
