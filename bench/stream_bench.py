@@ -237,9 +237,9 @@ def write_backlog(services: Services, trades: int) -> tuple[list[bytes], float]:
 
 
 def clients_stage(args, reader: Influx, services: Services) -> int:  # noqa: ARG001 - a stage's signature
-    """The producer's Kafka client at its own ceiling: the same ``--backlog`` trade events written through
-    ``kafka_io.producer`` with kafka-python (the reference) and, in the same run, with librdkafka (confluent-kafka),
-    both as the producer configures them (acks=all, idempotent); each topic's end offsets checked."""
+    """The producer's Kafka client at its own ceiling: the same ``--backlog`` trade events written the producer's way
+    (``kafka_io.send_reported``) with kafka-python (the reference) and, in the same run, with librdkafka
+    (confluent-kafka), both as the producer configures them (acks=all, idempotent); each topic's end offsets checked."""
     from btc_testkit import generator
 
     bootstrap = os.environ["BTC_KAFKA_BOOTSTRAP_SERVERS"]
@@ -254,7 +254,7 @@ def clients_stage(args, reader: Influx, services: Services) -> int:  # noqa: ARG
         producer = kafka_io.producer(bootstrap, client=client, client_id="stream-bench-clients")
         started = time.monotonic()
         for value in values:
-            producer.send(topic, key=key, value=value).add_errback(refused.append)
+            kafka_io.send_reported(producer, topic, key, value, None, lambda error, *_: refused.append(error))
         producer.flush()
         elapsed = time.monotonic() - started
         producer.close()

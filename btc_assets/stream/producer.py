@@ -70,7 +70,7 @@ from typing import Any
 
 import requests
 import websocket
-from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.errors import KafkaTimeoutError
 
 from btc_assets import config
 
@@ -371,6 +371,7 @@ class KafkaTradeSink:
         self.stopping = threading.Event()  # set by the service: Kafka may now be given up on
         self._kafka_gone = False
         self._errors_lock = threading.Lock()
+        self._refused = self._send_failed  # one bound method: librdkafka serves all records with one callback
 
     def run(self) -> None:
         while True:
@@ -408,16 +409,17 @@ class KafkaTradeSink:
         self._produce(trade.symbol, trade.trade_id, value, trade.trade_time_ms)
 
     def _produce(self, symbol: str, trade_id: int, value: bytes, trade_time_ms: int = 0) -> None:
-        if self._send(self.topics[symbol], self.keys[symbol], value, None, f"trade {symbol} {trade_id}"):
+        if self._send(self.topics[symbol], self.keys[symbol], value, None):
             self.stats.produced += 1
             self.stats.newest_trade_ms = max(self.stats.newest_trade_ms, trade_time_ms)
         self.stats.last_trade_id[symbol] = trade_id
 
-    def _send(self, topic: str, key: bytes, value: bytes, headers: list | None, what: str) -> bool:
-        """producer.send, waiting while its buffer is full: Kafka away holds the queue, and so the feed, back."""
+    def _send(self, topic: str, key: bytes, value: bytes, headers: list | None) -> bool:
+        """producer.send, waiting while its buffer is full: Kafka away holds the queue, and so the feed, back.
+        A record Kafka refuses (now or after retries) is counted and logged by _send_failed."""
         while not self._kafka_gone:
             try:
-                future = self.producer.send(topic, key=key, value=value, headers=headers)
+                return kafka_io.send_reported(self.producer, topic, key, value, headers, self._refused)
             except KafkaTimeoutError as error:
                 if self.stopping.is_set():
                     # Stopping with Kafka away: whatever is left is not written. The next start
@@ -427,20 +429,14 @@ class KafkaTradeSink:
                     break
                 self.stats.kafka_waits += 1
                 log.warning("Kafka does not take records (%s): trying again", error)
-                continue
-            except KafkaError as error:
-                self._send_failed(what, error)
-                return False
-            future.add_errback(self._send_failed, what)
-            return True
         with self._errors_lock:  # given up on Kafka while stopping: counted, logged once above
             self.stats.send_errors += 1
         return False
 
-    def _send_failed(self, what: str, error: Exception) -> None:
+    def _send_failed(self, error: Exception, topic: str, value: bytes | None) -> None:
         with self._errors_lock:  # also called from Kafka's I/O thread
             self.stats.send_errors += 1
-        log.error("Kafka refused %s after retries: %s", what, error)
+        log.error("Kafka refused a record for %s: %s; the record: %r", topic, error, (value or b"")[:200])
 
     def _fill_gap(self, symbol: str, first_id: int, last_id: int) -> None:
         """Produce trades first_id..last_id from REST, in id order; count what cannot be had."""
@@ -498,7 +494,7 @@ class KafkaTradeSink:
         topic = schema.dlq_topic(self.topics[symbol])
         headers = [(schema.DLQ_ERROR_HEADER, str(error).encode()), (schema.DLQ_SOURCE_HEADER, SOURCE.encode())]
         # Keyed like the trade topic, so a DLQ keeps the order the messages came in (one partition).
-        self._send(topic, self.keys[symbol], message, headers, f"a dead letter for {topic}")
+        self._send(topic, self.keys[symbol], message, headers)
         self.stats.malformed += 1
         log.debug("malformed message to %s (%s): %r", topic, error, message[:200])
 
