@@ -212,9 +212,9 @@ def run_phase(services: Services, reader: Influx, rate: float, seconds: float, s
     return result
 
 
-def write_backlog(services: Services, trades: int) -> tuple[list[bytes], float]:
-    """``trades`` generated trades written to the run's topic directly, as the producer writes them: (the values,
-    seconds the write took)."""
+def write_backlog(services: Services, trades: int, client: str = "kafka-python") -> tuple[list[bytes], float]:
+    """``trades`` generated trades written to the run's topic directly, as the producer writes them, with ``client``
+    (--kafka-client): (the values, seconds the write took)."""
     from btc_testkit import generator
 
     day = generator.generate_day(SYMBOL, "2025-04-01", seed=7, trades=trades)
@@ -223,16 +223,19 @@ def write_backlog(services: Services, trades: int) -> tuple[list[bytes], float]:
     kafka_io.ensure_topic(os.environ["BTC_KAFKA_BOOTSTRAP_SERVERS"], topic,
                           partitions=int(os.environ.get("BTC_KAFKA_PARTITIONS", "3")))
     values = [json.dumps(event).encode() for event in generator.live_events(day)]
-    producer = kafka_io.producer(os.environ["BTC_KAFKA_BOOTSTRAP_SERVERS"], linger_ms=50, batch_size=1024 * 1024,
-                                 client_id="stream-bench-backlog")
+    producer = kafka_io.producer(os.environ["BTC_KAFKA_BOOTSTRAP_SERVERS"], client=client, linger_ms=50,
+                                 batch_size=1024 * 1024, client_id="stream-bench-backlog")
+    refused: list[Exception] = []
     started = time.monotonic()
     for value in values:
-        producer.send(topic, key=SYMBOL.encode(), value=value)
+        kafka_io.send_reported(producer, topic, SYMBOL.encode(), value, None, lambda error, *_: refused.append(error))
     producer.flush()
     written_s = time.monotonic() - started
     producer.close()
+    if refused:
+        raise RuntimeError(f"{len(refused):,} backlog records refused: {refused[:3]}")
     print(f"backlog: {len(values):,} trades written to {topic} in {written_s:.1f}s = "
-          f"{len(values) / written_s:,.0f} trades/s (kafka-python, acks=all, idempotent)", flush=True)
+          f"{len(values) / written_s:,.0f} trades/s ({client}, acks=all, idempotent)", flush=True)
     return values, written_s
 
 
@@ -318,7 +321,7 @@ def batches_stage(args, reader: Influx, services: Services) -> int:
 
 def spark_stage(args, reader: Influx, services: Services) -> int:
     """The Spark job alone: a backlog written to Kafka directly, then drained into InfluxDB."""
-    values, written_s = write_backlog(services, args.backlog)
+    values, written_s = write_backlog(services, args.backlog, args.kafka_client)
     services.start("spark-job", "btc_assets.stream.spark_job", "--log-level", "WARNING")
     if not wait_for(lambda: count_points(reader) > 0, 300):
         print(f"no trade landed; see {services.logs}", file=sys.stderr)
@@ -591,7 +594,7 @@ def main() -> int:
                              "prediction queryable, over --minutes of live stream; clients: kafka-python against "
                              "confluent-kafka (librdkafka) writing the same --backlog, acks=all and idempotent")
     parser.add_argument("--kafka-client", default="kafka-python", choices=kafka_io.PRODUCER_CLIENTS,
-                        help="--stage producer: the producer's Kafka client")
+                        help="--stage producer: the producer's Kafka client; --stage spark: the backlog's")
     parser.add_argument("--minutes", type=float, default=30.0, help="--stage predictions: how long to measure")
     parser.add_argument("--backlog", type=int, default=1_500_000,
                         help="--stage spark: trades in the backlog; --stage producer: trades the source sends")

@@ -207,7 +207,8 @@ class LibrdkafkaProducer:
         self._producer = confluent_kafka.Producer({
             "bootstrap.servers": bootstrap_servers, "acks": "all", "enable.idempotence": True,
             "linger.ms": linger_ms, "batch.size": batch_size, "client.id": client_id,
-            "delivery.timeout.ms": delivery_timeout_ms})
+            "delivery.timeout.ms": delivery_timeout_ms},
+            logger=logging.getLogger("librdkafka"))  # its messages into logging (served by the report thread)
         self._max_block_s = max_block_ms / 1000
         self._shared_callbacks: dict = {}
         self._closed = threading.Event()

@@ -200,7 +200,7 @@ def test_the_stream_on_the_cluster_survives_a_broker_a_datanode_a_worker_and_the
             binance.pause()
             last = {symbol: binance.generated_ids(symbol)[-1] for symbol in SYMBOLS}
             wait_for(lambda: all(producer.stats()["last_trade_id"].get(s) == last[s] for s in SYMBOLS), timeout=120,
-                     what="the producer caught up", state=producer.stats)
+                     what="the producer caught up", state=lambda: (last, producer.stats(), binance.stats()))
             expected = {symbol: binance.generated_ids(symbol) for symbol in SYMBOLS}
         total = sum(len(ids) for ids in expected.values())
         wait_for(lambda: trade_count(admin) >= total, timeout=300, interval=2,
