@@ -43,7 +43,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BTC_KAFKA_PARTITIONS", "3", "partitions of each trade topic"),
     Setting("BTC_KAFKA_REPLICATION", "1", "replication factor of the topics (3 on a real cluster)"),
     Setting("BTC_KAFKA_PRODUCER_CLIENT", "kafka-python", "the producer's Kafka client: `kafka-python`, or "
-            "`confluent-kafka` (librdkafka: ~10x kafka-python's writes a second; both acks=all and idempotent)"),
+            "`confluent-kafka` (librdkafka: ~17x kafka-python's writes a second; both acks=all and idempotent)"),
     # Storage (HDFS)
     Setting("BTC_HDFS_URL", "hdfs://127.0.0.1:8020", "HDFS NameNode URL (Spark and MapReduce read and write here)"),
     Setting("BTC_WEBHDFS_URL", "http://127.0.0.1:9870", "NameNode WebHDFS endpoint (the Python storage client)"),

@@ -59,8 +59,6 @@ def test_produce_consume_and_survive_restarts(stack, resources, unique):
     assert len(after_kill) == MESSAGES and set(after_kill) == expected
 
 
-
-
 @pytest.mark.parametrize("client", kafka_io.PRODUCER_CLIENTS)  # kafka-python, and librdkafka's shared callback
 def test_a_refused_record_is_reported_once_and_the_others_land(stack, resources, unique, client):
     """A record over the producer's size limit (a 1.5 MB garbage message on its way to a DLQ, say) is refused:
@@ -98,10 +96,14 @@ def test_kafka_python_flush_waits_for_a_batch_the_broker_split(stack, resources,
     kafka_io.ensure_topic(kafka.bootstrap_servers, topic, partitions=1, config={"max.message.bytes": "2048"})
     refused: list[Exception] = []
     values = [f"small-{number}".encode() for number in range(300)]
+
+    def on_refused(error: Exception, *_) -> None:
+        refused.append(error)
+
     producer = kafka_io.producer(kafka.bootstrap_servers, client_id=f"split-{unique}")
     try:
         for value in values:
-            kafka_io.send_reported(producer, topic, b"k", value, None, lambda error, *_: refused.append(error))
+            kafka_io.send_reported(producer, topic, b"k", value, None, on_refused)
         producer.flush()
     finally:
         producer.close()
