@@ -690,8 +690,11 @@ class BinanceEmulator:
                 started, emitted = time.monotonic(), 0
 
     def _emit(self, count: int) -> int:
-        """Make up to ``count`` trades and send them to their subscribers; returns how many were made."""
+        """Make up to ``count`` trades and send them to their subscribers; returns how many were made (none once
+        paused: a pause that came between the market loop's check and here holds)."""
         with self._lock:
+            if self._paused:
+                return 0
             clients = list(self._clients)
             outgoing: dict[_Client, list[bytes]] = {client: [] for client in clients}
             delivered: dict[_Client, list[tuple[str, int, bytes]]] = {client: [] for client in clients}

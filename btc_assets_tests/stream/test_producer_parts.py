@@ -162,3 +162,41 @@ def test_emulator_endless_market_continues_its_price_across_generated_days():
     unscaled = emulator._tape("BTCUSDT", "2025-04-01", 0, None, 1, 1.0)
     first_day = [float(next(unscaled)[schema.EVENT_PRICE]) for _ in range(boundary)]
     assert max(first_day) / min(first_day) > max(prices[:boundary]) / min(prices[:boundary])
+
+
+def test_emulator_makes_no_trade_once_pause_returns():
+    """``pause()`` returning means the market has stopped: a test that reads ``generated_ids`` right after it has
+    the last trade (before, a batch the market loop had already decided on was made after the pause)."""
+    import threading
+
+    import websocket
+
+    with BinanceEmulator(("BTCUSDT",), rate=0, seed=14) as binance:  # as fast as the client reads
+        client = websocket.create_connection(binance.ws_url + "/ws/btcusdt@trade", timeout=30)
+        reading = threading.Event()
+        reading.set()
+
+        def drain() -> None:
+            while reading.is_set():
+                try:
+                    client.recv()
+                except Exception:  # noqa: BLE001 - closed at the end
+                    return
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+        try:
+            late = []
+            for _ in range(60):
+                binance.resume()
+                time.sleep(0.01)
+                binance.pause()
+                paused_at = binance.generated_ids("BTCUSDT")[-1]
+                time.sleep(0.02)
+                if binance.generated_ids("BTCUSDT")[-1] != paused_at:
+                    late.append(binance.generated_ids("BTCUSDT")[-1] - paused_at)
+            assert len(binance.generated_ids("BTCUSDT")) > 60 * 256  # the market did trade between the pauses
+            assert not late, f"trades made after pause() returned, in {len(late)} of 60 pauses: {late[:10]}"
+        finally:
+            reading.clear()
+            client.close()
