@@ -423,7 +423,7 @@ def cmd_test(args) -> int:
     stack = _stack()
     stack.provision()
     ensure_chromium(stack)
-    command = [sys.executable, "-m", "pytest", *args.pytest_args]
+    command = [sys.executable, "-m", "pytest", *forwarded(args.pytest_args)]
     progress("test", " ".join(command))
     return subprocess.run(command, cwd=REPO_ROOT).returncode
 
@@ -456,8 +456,7 @@ def cmd_produce(args) -> int:
 
     _stack().apply_env()
     config.load_profile_env()
-    forwarded = args.producer_args
-    return producer.main(forwarded[1:] if forwarded[:1] == ["--"] else forwarded)
+    return producer.main(forwarded(args.producer_args))
 
 
 def cmd_ui(args) -> int:
@@ -577,18 +576,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["produce"]:  # the producer parses its own options (argparse REMAINDER would eat --help)
-        argv = ["produce", "--", *argv[1:]]
+def forwarded(rest: list[str]) -> list[str]:
+    """The arguments `produce` and `test` pass on, as typed (without the ``--`` that ``parse`` put in front)."""
+    return rest[1:] if rest[:1] == ["--"] else rest
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    if argv[:1] in (["produce"], ["test"]):  # passed on untouched (argparse REMAINDER refuses a leading option)
+        argv = [argv[0], "--", *argv[1:]]
     parser = build_parser()
     # Options may stand anywhere (`stack down --kill kafka` as well as `stack down kafka --kill`); the two
     # commands that pass the rest of the line on untouched parse it as it comes.
     commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction)).choices
     if argv[:1] in (["produce"], ["test"]) or not argv or argv[0] not in commands:
-        args = parser.parse_args(argv)
-    else:
-        args = commands[argv[0]].parse_intermixed_args(argv[1:])
+        return parser.parse_args(argv)
+    return commands[argv[0]].parse_intermixed_args(argv[1:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
     except (ProcessError, JavaError) as exc:

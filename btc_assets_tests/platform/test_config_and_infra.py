@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import yaml
 
 from btc_assets import config
@@ -148,3 +149,14 @@ def test_grafana_datasource_uses_the_read_token_from_the_environment():
         (REPO_ROOT / "grafana" / "provisioning" / "datasources" / "influxdb.yaml").read_text())["datasources"][0]
     assert datasource["jsonData"]["version"] == "Flux"
     assert datasource["secureJsonData"]["token"] == "${BTC_INFLUX_READ_TOKEN}"
+
+
+
+@pytest.mark.parametrize("command", ["test", "produce"])
+def test_test_and_produce_pass_their_options_on_untouched(command):
+    """`./pipeline test -k producer --durations=0` reaches pytest as typed (argparse refused a leading option)."""
+    from btc_localstack import cli
+
+    for typed in (["-k", "producer", "--durations=0"], ["--help"], ["btc_assets_tests/cluster", "-x"], []):
+        args = cli.parse([command, *typed])
+        assert cli.forwarded(args.pytest_args if command == "test" else args.producer_args) == typed
