@@ -7,6 +7,7 @@ import json
 import time
 from typing import Callable, Iterator
 
+from btc_assets import config
 from btc_assets.clients import kafka as kafka_io
 
 from btc_assets.contracts import schema
@@ -14,8 +15,10 @@ from btc_assets.stream.producer import ProducerSettings, TradeProducerService
 
 
 def producer_settings(binance, bootstrap: str, template: str, **overrides) -> ProducerSettings:
-    """Settings for a producer reading the emulator, with timings shortened for tests."""
+    """Settings for a producer reading the emulator, with timings shortened for tests; its Kafka client is the
+    configured one (``BTC_KAFKA_PRODUCER_CLIENT``), so the suite runs with either."""
     settings = dict(symbols=list(binance.symbols), ws_url=binance.ws_url, rest_url=binance.base_url,
+                    kafka_client=config.get("BTC_KAFKA_PRODUCER_CLIENT"),
                     bootstrap_servers=bootstrap, topic_template=template, stats_interval_s=1.0,
                     backoff_min_s=0.2, backoff_max_s=2.0, healthy_after_s=0.5, rest_retries=2,
                     rest_retry_delay_s=0.1)
