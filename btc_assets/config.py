@@ -42,8 +42,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BTC_KAFKA_TOPIC_TEMPLATE", "{symbol}-TRADES", "trade topic name per symbol; dead letters go to `<topic>.dlq`"),
     Setting("BTC_KAFKA_PARTITIONS", "3", "partitions of each trade topic"),
     Setting("BTC_KAFKA_REPLICATION", "1", "replication factor of the topics (3 on a real cluster)"),
-    Setting("BTC_KAFKA_PRODUCER_CLIENT", "kafka-python", "the producer's Kafka client: `kafka-python`, or "
-            "`confluent-kafka` (librdkafka: ~17x kafka-python's writes a second; both acks=all and idempotent)"),
+    Setting("BTC_KAFKA_PRODUCER_CLIENT", "confluent-kafka", "the producer's Kafka client: `confluent-kafka` "
+            "(librdkafka: ~17x kafka-python's writes a second), or `kafka-python`; both acks=all and idempotent"),
     # Storage (HDFS)
     Setting("BTC_HDFS_URL", "hdfs://127.0.0.1:8020", "HDFS NameNode URL (Spark and MapReduce read and write here)"),
     Setting("BTC_WEBHDFS_URL", "http://127.0.0.1:9870", "NameNode WebHDFS endpoint (the Python storage client)"),

@@ -114,7 +114,7 @@ class ProducerSettings:
     rest_timeout_s: float = 10.0
     max_backfill: int = 100_000  # larger gaps are left to the daily history files
     resume: bool = True  # start from the last trade id already in Kafka
-    kafka_client: str = "kafka-python"  # or "confluent-kafka" (librdkafka): kafka_io.PRODUCER_CLIENTS
+    kafka_client: str = "confluent-kafka"  # librdkafka, or "kafka-python": kafka_io.PRODUCER_CLIENTS
     # The heartbeat in InfluxDB (pipeline_health, component=producer) the health sensor judges; off without a URL.
     influx_url: str = ""
     influx_org: str = ""
@@ -722,8 +722,8 @@ class TradeProducerService:
                                    settings.topic_template, settings.max_backfill)
         self._sink_thread = threading.Thread(target=self.sink.run, name="kafka-sink", daemon=True)
         self._sink_thread.start()
-        log.info("producing %s from %s to %s on %s", ",".join(self.symbols), self.feed.url,
-                 ",".join(self.topics.values()), settings.bootstrap_servers)
+        log.info("producing %s from %s to %s on %s (Kafka client: %s)", ",".join(self.symbols), self.feed.url,
+                 ",".join(self.topics.values()), settings.bootstrap_servers, settings.kafka_client)
         self.feed.start()
 
     def stop(self) -> None:
