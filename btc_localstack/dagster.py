@@ -157,6 +157,9 @@ class DagsterService(Service):
         self.check_storage(env)  # one clear error naming the setting, not a stack trace in two daemon logs
         workspace = str(REPO_ROOT / "workspace.yaml")
         began = time.monotonic()
+        # First, alone: on a fresh database this creates Dagster's tables. The webserver and the daemon started
+        # together on one both created them, and one failed (`type "alembic_version" already exists`).
+        self._set_pool_limit(env)
         if not self.webserver.is_running():
             ensure_port_free(HOST, self.port, component=self.name, variable="BTC_STACK_DAGSTER_PORT")
             progress(self.name, f"starting the webserver on {self.url}")
@@ -165,7 +168,6 @@ class DagsterService(Service):
         if not self.daemon.is_running():
             progress(self.name, "starting the daemon (sensors, schedules, run queue, backfills)")
             self.daemon.start([self._tool("dagster-daemon"), "run", "-w", workspace], env=env, cwd=REPO_ROOT)
-        self._set_pool_limit(env)
         self.webserver.wait_until(self._webserver_ready, component=self.name, what="dagster-webserver", timeout=180)
         self.daemon.wait_until(self._daemons_healthy, component=self.name, what="dagster-daemon heartbeats",
                                timeout=180)
