@@ -112,7 +112,12 @@ def stack(history_service):
     # Dagster's processes carry the environment they were started with (the archive emulator's URL, ports):
     # a kept stack's webserver and daemon are started again with this session's.
     local.services["dagster"].stop()
-    local.up()
+    try:
+        local.up()
+    except BaseException:  # a failed start leaves nothing of this session's running (no teardown follows)
+        if started_here and os.environ.get("BTC_KEEP_STACK") != "1":
+            local.down()
+        raise
     local.apply_env()
     yield local
     if started_here and os.environ.get("BTC_KEEP_STACK") != "1":
