@@ -108,19 +108,20 @@ def stack(history_service):
 
     local = LocalStack()
     assert str(local.paths.state_dir) == str(Path(test_stack_dir()).resolve())
-    started_here = not local.is_up()
+    # Stopped at the end (or when its start fails) only if this session started it.
+    owned = not local.is_up() and os.environ.get("BTC_KEEP_STACK") != "1"
     # Dagster's processes carry the environment they were started with (the archive emulator's URL, ports):
     # a kept stack's webserver and daemon are started again with this session's.
     local.services["dagster"].stop()
     try:
         local.up()
     except BaseException:  # a failed start leaves nothing of this session's running (no teardown follows)
-        if started_here and os.environ.get("BTC_KEEP_STACK") != "1":
+        if owned:
             local.down()
         raise
     local.apply_env()
     yield local
-    if started_here and os.environ.get("BTC_KEEP_STACK") != "1":
+    if owned:
         from btc_localstack.streams import stream_services
 
         stream_services(local.paths.state_dir).stop_all()

@@ -582,13 +582,12 @@ def forwarded(rest: list[str]) -> list[str]:
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    if argv[:1] in (["produce"], ["test"]):  # passed on untouched (argparse REMAINDER refuses a leading option)
-        argv = [argv[0], "--", *argv[1:]]
     parser = build_parser()
-    # Options may stand anywhere (`stack down --kill kafka` as well as `stack down kafka --kill`); the two
-    # commands that pass the rest of the line on untouched parse it as it comes.
+    if argv[:1] in (["produce"], ["test"]):  # the rest passed on untouched (argparse REMAINDER refuses a leading option)
+        return parser.parse_args([argv[0], "--", *argv[1:]])
+    # Options may stand anywhere (`stack down --kill kafka` as well as `stack down kafka --kill`).
     commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction)).choices
-    if argv[:1] in (["produce"], ["test"]) or not argv or argv[0] not in commands:
+    if not argv or argv[0] not in commands:
         return parser.parse_args(argv)
     return commands[argv[0]].parse_intermixed_args(argv[1:])
 

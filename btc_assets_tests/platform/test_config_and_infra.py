@@ -151,7 +151,6 @@ def test_grafana_datasource_uses_the_read_token_from_the_environment():
     assert datasource["secureJsonData"]["token"] == "${BTC_INFLUX_READ_TOKEN}"
 
 
-
 @pytest.mark.parametrize("command", ["test", "produce"])
 def test_test_and_produce_pass_their_options_on_untouched(command):
     """`./pipeline test -k producer --durations=0` reaches pytest as typed (argparse refused a leading option)."""

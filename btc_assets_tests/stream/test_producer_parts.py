@@ -193,8 +193,8 @@ def test_emulator_makes_no_trade_once_pause_returns():
                 binance.pause()
                 paused_at = binance.generated_ids("BTCUSDT")[-1]
                 time.sleep(0.02)
-                if binance.generated_ids("BTCUSDT")[-1] != paused_at:
-                    late.append(binance.generated_ids("BTCUSDT")[-1] - paused_at)
+                if (after := binance.generated_ids("BTCUSDT")[-1]) != paused_at:
+                    late.append(after - paused_at)
             assert len(binance.generated_ids("BTCUSDT")) > 60 * 256  # the market did trade between the pauses
             assert not late, f"trades made after pause() returned, in {len(late)} of 60 pauses: {late[:10]}"
         finally:
