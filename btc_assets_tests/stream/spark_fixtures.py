@@ -90,12 +90,16 @@ def market_slice(symbols: tuple[str, ...], count: int, seed: int = 11, day_size:
 class TradeFeed:
     """Sends messages to Kafka from a thread, like the producer does: key = symbol, in the given order.
 
-    ``rate`` (messages/s) paces it; None sends as fast as Kafka takes them. A send that Kafka finally
-    refuses is sent again (duplicates are harmless downstream; a lost trade would fail the test).
+    ``rate`` (messages/s) paces it; None sends as fast as Kafka takes them. With ``hold_at`` the feed
+    stops after that many messages until ``release()``, so a test can act while the rest is still to come
+    however slow the machine is. A send that Kafka finally refuses is sent again (duplicates are harmless
+    downstream; a lost trade would fail the test).
     """
 
-    def __init__(self, bootstrap: str, messages: list[tuple[str, bytes, bytes]], rate: float | None = None):
-        self.bootstrap, self.messages, self.rate = bootstrap, messages, rate
+    def __init__(self, bootstrap: str, messages: list[tuple[str, bytes, bytes]], rate: float | None = None,
+                 hold_at: int | None = None):
+        self.bootstrap, self.messages, self.rate, self.hold_at = bootstrap, messages, rate, hold_at
+        self._released = threading.Event()
         self.sent = 0
         self.resent = 0
         self.started_at = self.finished_at = None
@@ -106,7 +110,12 @@ class TradeFeed:
         self._thread.start()
         return self
 
+    def release(self) -> None:
+        """Lets a feed that holds at ``hold_at`` send the rest."""
+        self._released.set()
+
     def join(self, timeout: float = 300) -> None:
+        self.release()
         self._thread.join(timeout)
         if self._thread.is_alive():
             raise TimeoutError(f"the feed sent only {self.sent}/{len(self.messages)} in {timeout}s")
@@ -119,6 +128,10 @@ class TradeFeed:
             self.started_at = time.monotonic()
             pending = []
             for number, (topic, key, value) in enumerate(self.messages):
+                if number == self.hold_at:
+                    producer.flush()
+                    self._released.wait()
+                    self.started_at = time.monotonic() - number / self.rate if self.rate else self.started_at
                 if self.rate:
                     lag = self.started_at + number / self.rate - time.monotonic()
                     if lag > 0:
