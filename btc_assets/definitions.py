@@ -4,7 +4,7 @@ Everything under ``btc_assets/defs`` (assets, checks, jobs, schedules, sensors o
 resources of ``defs/resources.py``) is loaded from the defs folder, as `btc_assets/dg.toml` declares.
 Loading touches no engine and changes no environment variable: resources connect lazily, and their
 settings are ``EnvVar``s resolved when a run starts (the local stack's ``stack.env``, or the cluster's
-environment).
+environment). The one setting read at load is the run executor (``BTC_DAGSTER_EXECUTOR``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,12 @@ from pathlib import Path
 
 import dagster as dg
 
+from btc_assets import config
+
+EXECUTORS = {"in_process": dg.in_process_executor, "multiprocess": dg.multiprocess_executor}
+
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
+    loaded = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
+    return dg.Definitions.merge(loaded, dg.Definitions(executor=EXECUTORS[config.executor_name()]))

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import dagster as dg
+import pytest
 
 from btc_assets.definitions import defs as load_definitions
 from btc_localstack.base import REPO_ROOT
@@ -46,6 +47,16 @@ def test_definitions_validate_and_list_assets():
     assert definitions.resolve_sensor_def("stream_health_sensor")
     assert definitions.resolve_sensor_def("freshness_checks_sensor")
     assert definitions.resolve_asset_graph().get(dg.AssetKey("minute_bars")).pools == {"mapreduce"}
+
+
+def test_runs_execute_in_process_unless_configured(monkeypatch):
+    monkeypatch.delenv("BTC_DAGSTER_EXECUTOR", raising=False)
+    assert load_definitions().executor.name == "in_process"
+    monkeypatch.setenv("BTC_DAGSTER_EXECUTOR", "multiprocess")
+    assert load_definitions().executor.name == "multiprocess"
+    monkeypatch.setenv("BTC_DAGSTER_EXECUTOR", "threads")
+    with pytest.raises(ValueError, match="BTC_DAGSTER_EXECUTOR must be one of in_process, multiprocess, got 'threads'"):
+        load_definitions()
 
 
 def test_dagster_cli_materializes_platform_assets(stack, tmp_path):
