@@ -247,17 +247,6 @@ def get(name: str) -> str:
     return setting.default
 
 
-EXECUTORS = ("in_process", "multiprocess")
-
-
-def executor_name() -> str:
-    """``BTC_DAGSTER_EXECUTOR``, checked: the code location reads it when it loads."""
-    name = get("BTC_DAGSTER_EXECUTOR")
-    if name not in EXECUTORS:
-        raise ValueError(f"BTC_DAGSTER_EXECUTOR must be one of {', '.join(EXECUTORS)}, got {name!r}")
-    return name
-
-
 def get_optional(name: str) -> str:
     """Like ``get``, but an unset setting without a real default (a token, a jar list) is ``""``."""
     try:

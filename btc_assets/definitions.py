@@ -18,7 +18,15 @@ from btc_assets import config
 EXECUTORS = {"in_process": dg.in_process_executor, "multiprocess": dg.multiprocess_executor}
 
 
+def run_executor() -> dg.ExecutorDefinition:
+    """The executor ``BTC_DAGSTER_EXECUTOR`` names, checked when the code location loads."""
+    name = config.get("BTC_DAGSTER_EXECUTOR")
+    if name not in EXECUTORS:
+        raise ValueError(f"BTC_DAGSTER_EXECUTOR must be one of {', '.join(EXECUTORS)}, got {name!r}")
+    return EXECUTORS[name]
+
+
 @dg.definitions
 def defs() -> dg.Definitions:
     loaded = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
-    return dg.Definitions.merge(loaded, dg.Definitions(executor=EXECUTORS[config.executor_name()]))
+    return dg.Definitions.merge(loaded, dg.Definitions(executor=run_executor()))

@@ -91,9 +91,9 @@ class TradeFeed:
     """Sends messages to Kafka from a thread, like the producer does: key = symbol, in the given order.
 
     ``rate`` (messages/s) paces it; None sends as fast as Kafka takes them. With ``hold_at`` the feed
-    stops after that many messages until ``release()``, so a test can act while the rest is still to come
-    however slow the machine is. A send that Kafka finally refuses is sent again (duplicates are harmless
-    downstream; a lost trade would fail the test).
+    stops after that many messages until ``release()`` (or ``join()``), so a test can act while the rest
+    is still to come however slow the machine is. A send that Kafka finally refuses is sent again
+    (duplicates are harmless downstream; a lost trade would fail the test).
     """
 
     def __init__(self, bootstrap: str, messages: list[tuple[str, bytes, bytes]], rate: float | None = None,
@@ -131,7 +131,8 @@ class TradeFeed:
                 if number == self.hold_at:
                     producer.flush()
                     self._released.wait()
-                    self.started_at = time.monotonic() - number / self.rate if self.rate else self.started_at
+                    if self.rate:  # the rest paced from the release, not from before the hold
+                        self.started_at = time.monotonic() - number / self.rate
                 if self.rate:
                     lag = self.started_at + number / self.rate - time.monotonic()
                     if lag > 0:
