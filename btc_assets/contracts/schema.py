@@ -177,7 +177,7 @@ def trade_from_event(message: dict[str, Any]) -> LiveTrade:
     event = unwrap_event(message)
     if not isinstance(event, dict):
         raise MalformedTrade("not_an_object")
-    missing = [key for key in REQUIRED_EVENT_KEYS if key not in event]
+    missing = [key for key in REQUIRED_EVENT_KEYS if event.get(key) is None]  # a JSON null is missing, as in the job
     if missing:
         raise MalformedTrade("missing_key", ",".join(missing))
     if event[EVENT_TYPE] != TRADE_EVENT_TYPE:

@@ -102,6 +102,7 @@ VALIDATION_CASES = [
     ("{}", "missing_key:e"),
     (_event(p=KeyError), "missing_key:p"),
     (_event(m=KeyError), "missing_key:m"),
+    (_event(p=None), "missing_key:p"),  # a JSON null counts as missing
     (_event(e="aggTrade"), "not_a_trade"),
     (_event(p="n/a"), "non_numeric:p"),
     (_event(q=""), "non_numeric:q"),
