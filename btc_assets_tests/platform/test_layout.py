@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -89,7 +90,13 @@ def installed(tmp_path_factory):
     """The project built as a wheel and installed, not editable, into a fresh venv outside the checkout."""
     root = tmp_path_factory.mktemp("installed")
     wheels = root / "wheels"
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(wheels), str(REPO)],
+    # Built from a copy: setuptools builds in the source tree, and would leave a build/ (a stale second copy of the
+    # package) in the user's checkout. The copy leaves out what git ignores (venv, stacks, build output).
+    ignored = [line.strip().strip("/") for line in (REPO / ".gitignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")]
+    source = root / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", *ignored))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(wheels), str(source)],
                            capture_output=True, text=True, timeout=900, cwd=root)
     assert built.returncode == 0, built.stderr[-3000:]
     venv = root / "venv"
