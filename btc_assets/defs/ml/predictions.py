@@ -42,7 +42,10 @@ def price_predictions(context: dg.AssetExecutionContext, config: PricePrediction
     if unknown or not names:
         raise dg.Failure(f"models {unknown or config.models} unknown: choose from {list(schema.MODELS)}")
     store = storage.storage
+    started = time.monotonic()
     session = spark.session("btc-price-predictions")
+    context.log.info(f"Spark session ({spark.master}) in {time.monotonic() - started:.1f}s")
+    started = time.monotonic()
     fitted, versions = {}, {}
     for name in names:
         try:
@@ -51,6 +54,9 @@ def price_predictions(context: dg.AssetExecutionContext, config: PricePrediction
             context.log.warning(str(error))
             continue
         versions[name] = saved.get("version", config.model_version)
+    if fitted:
+        context.log.info(f"{len(fitted)} models loaded in {time.monotonic() - started:.1f}s: "
+                         + ", ".join(f"{name} {version}" for name, version in versions.items()))
     if not fitted:
         raise dg.Failure(f"no saved model under {store.url(store.path('models'))} for {names}: "
                          "materialize price_models first")
@@ -64,7 +70,9 @@ def price_predictions(context: dg.AssetExecutionContext, config: PricePrediction
     finally:
         reader.close()
     ready = predictions.complete_bars(bars, time.time(), config.settle_seconds)
+    started = time.monotonic()
     frame = predictions.predict_live(session, fitted, ready, config.minutes)
+    context.log.info(f"{len(frame)} minutes predicted by {len(fitted)} models in {time.monotonic() - started:.1f}s")
     if frame.empty:
         raise dg.Failure(
             f"no live minute to predict: a prediction needs {features.LOOKBACK_BARS} complete bars of a symbol in "
