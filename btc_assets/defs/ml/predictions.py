@@ -54,12 +54,11 @@ def price_predictions(context: dg.AssetExecutionContext, config: PricePrediction
             context.log.warning(str(error))
             continue
         versions[name] = saved.get("version", config.model_version)
-    if fitted:
-        context.log.info(f"{len(fitted)} models loaded in {time.monotonic() - started:.1f}s: "
-                         + ", ".join(f"{name} {version}" for name, version in versions.items()))
     if not fitted:
         raise dg.Failure(f"no saved model under {store.url(store.path('models'))} for {names}: "
                          "materialize price_models first")
+    context.log.info(f"{len(fitted)} models loaded in {time.monotonic() - started:.1f}s: "
+                     + ", ".join(f"{name} {version}" for name, version in versions.items()))
 
     symbols = market.symbol_list
     reader = influx.reader()
