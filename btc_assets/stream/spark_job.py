@@ -190,8 +190,12 @@ def kafka_source_options(settings: StreamSettings) -> dict[str, str]:
         "fetchOffset.numRetries": "60",
         "fetchOffset.retryIntervalMs": "2000",
         "kafkaConsumer.pollTimeoutMs": "300000",
-        "kafka.default.api.timeout.ms": "120000",
-        "kafka.request.timeout.ms": "30000",
+        # Each offset lookup gets 15 s, then Spark retries it with a new admin client (`fetchOffset.*`). The
+        # Kafka admin client in Spark (kafka-clients 3.9) keeps a listOffsets call bound to a partition's old
+        # leader: one started just after that broker died waits out its whole deadline or the broker's
+        # return (KAFKA-20673 is the same bug's later form). A new client looks the leader up again.
+        "kafka.default.api.timeout.ms": "15000",
+        "kafka.request.timeout.ms": "10000",
         "kafka.reconnect.backoff.ms": "200",
         "kafka.reconnect.backoff.max.ms": "2000",
         "kafka.retry.backoff.ms": "500",
