@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -36,6 +37,41 @@ def start_ticks(pid: int) -> int | None:
         return int(stat.rsplit(")", 1)[1].split()[19])
     except (OSError, ValueError, IndexError):
         return None
+
+
+# Signals a daemon must answer: a stop sends SIGTERM, and a JVM never installs its shutdown handler for a
+# signal it starts with ignored. An ignored disposition is inherited through fork and exec, and arises unasked:
+# a shell without job control starts background commands with SIGINT ignored, and Dagster's
+# capture_interrupts then copies SIGINT's handler onto SIGTERM (dagster._utils.interrupts), so every later child
+# would ignore SIGTERM and each stop would wait out its timeout before SIGKILL.
+TERMINATION_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+# Run before the daemon's own program: default dispositions, then exec (same pid, so the pid file holds).
+_EXEC_WITH_DEFAULT_SIGNALS = ("import os, signal, sys\n"
+                              "for s in (signal.SIGINT, signal.SIGTERM): signal.signal(s, signal.SIG_DFL)\n"
+                              "os.execvp(sys.argv[1], sys.argv[1:])")
+
+
+def ignored_termination_signals() -> list[signal.Signals]:
+    """The termination signals this process ignores (and so would pass on to every child it starts)."""
+    return [signum for signum in TERMINATION_SIGNALS if signal.getsignal(signum) == signal.SIG_IGN]
+
+
+def restore_termination_signals() -> list[signal.Signals]:
+    """Give ignored SIGINT/SIGTERM their defaults back (main thread only); returns those it restored.
+
+    For entry points (the CLI, the test suite) that may be started in the background by a shell."""
+    ignored = ignored_termination_signals()
+    for signum in ignored:
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+    return ignored
+
+
+def with_default_signals(cmd: list[str]) -> list[str]:
+    """``cmd`` as it must be launched for SIGINT and SIGTERM to reach it, whatever this process ignores."""
+    if not ignored_termination_signals():
+        return cmd
+    return [sys.executable, "-c", _EXEC_WITH_DEFAULT_SIGNALS, *cmd]
 
 
 class ManagedProcess:
@@ -101,7 +137,7 @@ class ManagedProcess:
             log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} $ {' '.join(cmd)}\n".encode())
             log.flush()
             # A new session so the daemon outlives the CLI that started it and gets no terminal signals.
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen(with_default_signals(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env=env, cwd=cwd, start_new_session=True)
         started = psutil.Process(proc.pid).create_time()
         tmp = self.pid_file.with_suffix(".pid.tmp")

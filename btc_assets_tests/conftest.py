@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from btc_assets import config
+from btc_assets.processes import restore_termination_signals
 from btc_assets_tests.generated_days import csv_2024, csv_2025, day_2024, day_2025  # noqa: F401 - shared fixtures
 
 # The suite's engines listen here, never on the defaults a user's `btc-pipeline stack up` takes.
@@ -43,6 +44,11 @@ test_stack_dir.__test__ = False  # a helper, not a test
 
 
 def pytest_configure(config):  # noqa: ARG001 - pytest's hook signature
+    # Started in the background by a shell without job control (as CI may), the suite ignores SIGINT, and the
+    # first in-process Dagster run would make it ignore SIGTERM too, and so every engine and script it starts.
+    restored = restore_termination_signals()
+    if restored:
+        print(f"[tests] {', '.join(s.name for s in restored)} was ignored by the test process: default restored")
     # Whatever stack.env a user's shell points at is not the suite's: the suite's own state dir and ports.
     os.environ["BTC_STACK_DIR"] = test_stack_dir()
     os.environ["BTC_PROFILE"] = "local"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import psutil
 
@@ -65,3 +67,37 @@ def test_a_stream_service_restarted_elsewhere_keeps_its_launch_arguments(tmp_pat
         assert psutil.Process(newest).environ().get("BTC_BINANCE_WS_URL") != "ws://127.0.0.1:1"
     finally:
         StreamServices(tmp_path, extra={"sleeper": sleeper}).stop("sleeper", kill=True)
+
+
+def test_a_daemon_answers_sigterm_though_its_starter_ignores_it(tmp_path):
+    """A shell without job control starts background commands with SIGINT ignored; Dagster's capture_interrupts
+    then copies that onto SIGTERM, and ignored dispositions pass through fork and exec. A daemon started from
+    such a process still gets SIGTERM's default, so a stop ends it instead of waiting out its timeout."""
+    from dagster._utils.interrupts import capture_interrupts
+
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    managed = ManagedProcess("sleeper", tmp_path)
+    program = "import signal, time; print('SIGTERM', signal.getsignal(signal.SIGTERM).name, flush=True); time.sleep(600)"
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with capture_interrupts():
+            pass
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN  # the inherited state this guards against
+        pid = managed.start([sys.executable, "-c", program])
+        def reported() -> list[str]:  # the program's own line, not the log's header naming its command
+            return [line for line in managed.log_file.read_text().splitlines() if line.startswith("SIGTERM ")]
+
+        deadline = time.monotonic() + 60
+        while not reported() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert reported() == ["SIGTERM SIG_DFL"]
+        assert psutil.Process(pid).cmdline()[-2:] == ["-c", program]  # the same pid runs the program itself
+        assert managed.signal(signal.SIGTERM)
+        deadline = time.monotonic() + 60  # a bound to fail on, far below the program's 600 s sleep
+        while managed.is_running() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not managed.is_running(), "SIGTERM did not end the daemon"
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+        managed.stop(kill=True)
