@@ -124,6 +124,10 @@ STREAM_SETTINGS = (
     Setting("BTC_STREAM_SHUFFLE_PARTITIONS", "2", "Spark streaming job: shuffle (state) partitions"),
     Setting("BTC_STREAM_MAX_OFFSETS_PER_TRIGGER", "200000",
             "Spark streaming job: most Kafka records one micro-batch reads"),
+    Setting("BTC_STREAM_DRIVER_JAVA_OPTIONS", "-XX:+UseParallelGC",
+            "Spark streaming job: its driver JVM's options when the job starts its own session (not under "
+            "spark-submit; they replace spark-defaults.conf's spark.driver.extraJavaOptions); in local mode the "
+            "driver runs the tasks too. 'none': the JVM's defaults (G1)"),
     Setting("BTC_STREAM_INFLUX_RETRY_SECONDS", "600",
             "Spark streaming job: how long a batch keeps retrying an unreachable InfluxDB before it fails"),
     Setting("BTC_STREAM_HEALTH_SECONDS", "5", "Spark streaming job and producer: pipeline_health heartbeat interval"),

@@ -838,6 +838,10 @@ def build_spark(settings: StreamSettings) -> SparkSession:
     # local[N] never retries a failed task; local[N,4] does, so a fetch that hit a restarting broker
     # costs a task retry instead of a query restart.
     master = re.sub(r"^local\[(\d+|\*)\]$", r"local[\1,4]", master)
+    # ParallelGC: the job allocates short-lived rows fast and needs throughput more than G1's short pauses.
+    java_options = config.get("BTC_STREAM_DRIVER_JAVA_OPTIONS").strip()
+    if java_options.lower() != "none":
+        extra["spark.driver.extraJavaOptions"] = java_options
     return build_session(SparkSettings(
         master=master, app_name="btc-spark-stream", driver_memory=config.get("BTC_SPARK_DRIVER_MEMORY"),
         jars=config.get_optional("BTC_SPARK_JARS"), packages=config.get_optional("BTC_SPARK_PACKAGES"),
