@@ -48,7 +48,8 @@ TERMINATION_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 # Run before the daemon's own program: default dispositions, then exec (same pid, so the pid file holds).
 _EXEC_WITH_DEFAULT_SIGNALS = ("import os, signal, sys\n"
-                              "for s in (signal.SIGINT, signal.SIGTERM): signal.signal(s, signal.SIG_DFL)\n"
+                              f"for s in ({', '.join(f'signal.{s.name}' for s in TERMINATION_SIGNALS)},):"
+                              " signal.signal(s, signal.SIG_DFL)\n"
                               "os.execvp(sys.argv[1], sys.argv[1:])")
 
 
@@ -60,7 +61,8 @@ def ignored_termination_signals() -> list[signal.Signals]:
 def restore_termination_signals() -> list[signal.Signals]:
     """Give ignored SIGINT/SIGTERM their defaults back (main thread only); returns those it restored.
 
-    For entry points (the CLI, the test suite) that may be started in the background by a shell."""
+    For an entry point that may be started in the background by a shell and runs Dagster in its own process
+    (the test suite)."""
     ignored = ignored_termination_signals()
     for signum in ignored:
         signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
@@ -137,8 +139,8 @@ class ManagedProcess:
             log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} $ {' '.join(cmd)}\n".encode())
             log.flush()
             # A new session so the daemon outlives the CLI that started it and gets no terminal signals.
-            proc = subprocess.Popen(with_default_signals(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=env, cwd=cwd, start_new_session=True)
+            proc = subprocess.Popen(with_default_signals(cmd), stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env=env, cwd=cwd, start_new_session=True)
         started = psutil.Process(proc.pid).create_time()
         tmp = self.pid_file.with_suffix(".pid.tmp")
         tmp.write_text(json.dumps({"pid": proc.pid, "started": started, "start_ticks": start_ticks(proc.pid),
