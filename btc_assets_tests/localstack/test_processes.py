@@ -6,11 +6,11 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
 
 from btc_assets.processes import ManagedProcess
+from btc_assets_tests.stream.helpers import wait_for
 
 
 def test_a_started_process_is_ours_until_it_stops(tmp_path):
@@ -77,26 +77,23 @@ def test_a_daemon_answers_sigterm_though_its_starter_ignores_it(tmp_path):
 
     saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     managed = ManagedProcess("sleeper", tmp_path)
-    program = "import signal, time; print('SIGTERM', signal.getsignal(signal.SIGTERM).name, flush=True); time.sleep(600)"
+    program = ("import signal, time; print('SIGTERM', signal.getsignal(signal.SIGTERM).name, flush=True); "
+               "time.sleep(600)")
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         with capture_interrupts():
             pass
         assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN  # the inherited state this guards against
         pid = managed.start([sys.executable, "-c", program])
+
         def reported() -> list[str]:  # the program's own line, not the log's header naming its command
             return [line for line in managed.log_file.read_text().splitlines() if line.startswith("SIGTERM ")]
 
-        deadline = time.monotonic() + 60
-        while not reported() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert reported() == ["SIGTERM SIG_DFL"]
+        assert wait_for(reported, 60, "the daemon's report of its SIGTERM handler") == ["SIGTERM SIG_DFL"]
         assert psutil.Process(pid).cmdline()[-2:] == ["-c", program]  # the same pid runs the program itself
         assert managed.signal(signal.SIGTERM)
-        deadline = time.monotonic() + 60  # a bound to fail on, far below the program's 600 s sleep
-        while managed.is_running() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not managed.is_running(), "SIGTERM did not end the daemon"
+        # A bound to fail on, far below the program's 600 s sleep.
+        wait_for(lambda: not managed.is_running(), 60, "the daemon ended by SIGTERM", interval=0.1)
     finally:
         for signum, handler in saved.items():
             signal.signal(signum, handler)

@@ -46,14 +46,16 @@ def produce_all(binance, settings: ProducerSettings, produced: int) -> dict:
     return producer.stats()
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 60.0, what: str = "condition",
-             state: Callable[[], object] | None = None) -> None:
-    """Poll ``condition`` until true; on timeout the error shows ``state()`` (e.g. the producer's stats)."""
+def wait_for(condition: Callable[[], object], timeout: float = 60.0, what: str = "condition",
+             state: Callable[[], object] | None = None, interval: float = 0.02):
+    """Poll ``condition`` until it returns something true, and return that; on timeout the error shows ``state()``
+    (e.g. the producer's stats)."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not (value := condition()):
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} not reached in {timeout:.0f}s" + (f"; state: {state()}" if state else ""))
-        time.sleep(0.02)
+        time.sleep(interval)
+    return value
 
 
 def read_topic(bootstrap: str, topic: str) -> list:

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -23,6 +24,7 @@ from btc_assets.clients import kafka as kafka_io
 from btc_assets.contracts import schema
 from btc_assets.clients.influx import Influx
 from btc_assets.stream.spark_job import StreamSettings
+from btc_assets_tests.stream import helpers
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MAPREDUCE_DIR = REPO_ROOT / "mapreduce"
@@ -30,15 +32,8 @@ DATE = "2025-04-01"
 BUSY_HOUR_MS = 14 * 3_600_000  # 14:00 UTC, the generator's US session
 
 
-def wait_for(condition: Callable[[], object], timeout: float, what: str, state: Callable[[], object] | None = None,
-             interval: float = 0.5):
-    """Poll ``condition`` until it returns something true, and return that; on timeout the error shows ``state()``."""
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached in {timeout:.0f}s" + (f"; state: {state()}" if state else ""))
-        time.sleep(interval)
-    return value
+# The Spark and cluster waits poll InfluxDB and the engines: every 0.5 s, not every 20 ms.
+wait_for = partial(helpers.wait_for, interval=0.5)
 
 
 # --- trades -------------------------------------------------------------------------------------
