@@ -46,6 +46,14 @@ def test_a_pid_file_naming_another_program_is_left_alone(tmp_path):
         stranger.wait()
 
 
+def launched(pid: int) -> psutil.Process:
+    """The process once its program is in place: for a moment after ``Popen`` returns, the kernel may still be
+    setting up the new program, and ``/proc/<pid>/cmdline`` reads empty (seen on a loaded machine)."""
+    process = psutil.Process(pid)
+    wait_for(lambda: process.cmdline(), 10, f"pid {pid}'s command line")
+    return process
+
+
 def test_a_stream_service_restarted_elsewhere_keeps_its_launch_arguments(tmp_path):
     """The health sensor's restart run is another process: the service comes back with the arguments and
     environment it was first started with (a producer on an emulator's URLs stays on them)."""
@@ -58,12 +66,12 @@ def test_a_stream_service_restarted_elsewhere_keeps_its_launch_arguments(tmp_pat
         again = StreamServices(tmp_path, extra={"sleeper": sleeper})  # as a run in another process builds it
         new_pid = again.restart("sleeper")
         assert new_pid != pid
-        process = psutil.Process(new_pid)
+        process = launched(new_pid)
         assert process.cmdline()[-2:] == ["--marker", "one"]
         assert process.environ()["BTC_BINANCE_WS_URL"] == "ws://127.0.0.1:1"
         # Explicit arguments still win.
         newest = again.restart("sleeper", ["--marker", "two"], env={})
-        assert psutil.Process(newest).cmdline()[-2:] == ["--marker", "two"]
+        assert launched(newest).cmdline()[-2:] == ["--marker", "two"]
         assert psutil.Process(newest).environ().get("BTC_BINANCE_WS_URL") != "ws://127.0.0.1:1"
     finally:
         StreamServices(tmp_path, extra={"sleeper": sleeper}).stop("sleeper", kill=True)
