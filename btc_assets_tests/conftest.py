@@ -8,9 +8,7 @@ before any test module reads them.
 
 from __future__ import annotations
 
-import fcntl
 import os
-import time
 import uuid
 from pathlib import Path
 
@@ -44,34 +42,6 @@ def test_stack_dir() -> str:
 
 test_stack_dir.__test__ = False  # a helper, not a test
 
-# `./pipeline test` runs the cluster and model tests in a second pytest session beside the rest (see README,
-# "Two sessions"). That session joins the suite's stack the first one owns: it never starts, restarts or stops
-# an engine of it, and holds a shared lock on this file for its whole life. The owner takes the lock exclusively
-# before it stops the stack, and so does a test that takes down an engine the joined session uses (InfluxDB or
-# HDFS: the `stack_outage` fixture): neither happens while a joined session runs. The joined session's tests
-# use the suite's InfluxDB and HDFS only (the cluster tests run their own Kafka, HDFS, YARN and Spark), so the
-# tests that kill the suite's broker need not wait for it.
-JOINED = os.environ.get("BTC_TEST_JOIN") == "1"
-JOIN_TIMEOUT_S = 900  # how long a joined session waits for the owner to bring the stack up
-_joined_lock = None  # the joined session's open lock file: the shared lock lasts as long as the process
-
-
-def sessions_lock_path() -> Path:
-    path = Path(test_stack_dir()) / "sessions.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def exclusive_stack_lock(why: str):
-    """The sessions lock taken exclusively: returns once no joined session runs (the open file holds the lock)."""
-    handle = open(sessions_lock_path(), "a")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        print(f"\n[tests] {why}: waiting for the joined test session to finish", flush=True)
-        fcntl.flock(handle, fcntl.LOCK_EX)
-    return handle
-
 
 def pytest_configure(config):  # noqa: ARG001 - pytest's hook signature
     # Started in the background by a shell without job control (as CI may), the suite ignores SIGINT, and the
@@ -79,10 +49,6 @@ def pytest_configure(config):  # noqa: ARG001 - pytest's hook signature
     restored = restore_termination_signals()
     if restored:
         print(f"[tests] {', '.join(s.name for s in restored)} was ignored by the test process: default restored")
-    if JOINED:
-        global _joined_lock
-        _joined_lock = open(sessions_lock_path(), "a")
-        fcntl.flock(_joined_lock, fcntl.LOCK_SH)
     # Whatever stack.env a user's shell points at is not the suite's: the suite's own state dir and ports.
     os.environ["BTC_STACK_DIR"] = test_stack_dir()
     os.environ["BTC_PROFILE"] = "local"
@@ -139,20 +105,15 @@ def history_service(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def stack(request):
+def stack(history_service):
     """The suite's local stack, up for the whole session; stopped at the end only if this session started it.
 
-    ``BTC_KEEP_STACK=1`` leaves it running for the next run (faster local iteration). A joined session
-    (``BTC_TEST_JOIN=1``) waits for the owner to bring it up and leaves it alone.
+    ``BTC_KEEP_STACK=1`` leaves it running for the next run (faster local iteration).
     """
     from btc_localstack.manager import LocalStack
 
     local = LocalStack()
     assert str(local.paths.state_dir) == str(Path(test_stack_dir()).resolve())
-    if JOINED:
-        yield join_stack(local)
-        return
-    request.getfixturevalue("history_service")  # served before Dagster starts: its daemon's runs download from it
     # Stopped at the end (or when its start fails) only if this session started it.
     owned = not local.is_up() and os.environ.get("BTC_KEEP_STACK") != "1"
     # Dagster's processes carry the environment they were started with (the archive emulator's URL, ports):
@@ -170,27 +131,7 @@ def stack(request):
         from btc_localstack.streams import stream_services
 
         stream_services(local.paths.state_dir).stop_all()
-        with exclusive_stack_lock("stopping the stack"):
-            local.down()
-
-
-def join_stack(local):
-    """The owner session's stack once it is up, its settings applied to this process."""
-    deadline = time.monotonic() + JOIN_TIMEOUT_S
-    while not local.is_up():
-        if time.monotonic() > deadline:
-            pytest.fail(f"joined test session: the suite's stack in {local.paths.state_dir} was not up after "
-                        f"{JOIN_TIMEOUT_S} s (the owning session starts it; did it fail?)")
-        time.sleep(1)
-    local.apply_env()
-    return local
-
-
-@pytest.fixture
-def stack_outage(stack):
-    """For a test that stops an engine a joined session uses (InfluxDB, HDFS): it runs when none runs."""
-    with exclusive_stack_lock("a test takes an engine of the stack down"):
-        yield stack
+        local.down()
 
 
 @pytest.fixture(scope="session")

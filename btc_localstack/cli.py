@@ -419,58 +419,13 @@ def ensure_chromium(stack) -> None:
                 raise StackError(f"`{' '.join(command)}` failed; see {log}")
 
 
-# The tests a second pytest session runs beside the rest on a bare `./pipeline test`: they use the suite's InfluxDB
-# and HDFS only (the cluster tests bring their own Kafka, HDFS, YARN and Spark), so the two sessions share the
-# machine's two cores instead of leaving one idle while a test waits on a failover, a JVM or a minute to close.
-JOINED_TESTS = ("btc_assets_tests/cluster", "btc_assets_tests/ml")
-
-
 def cmd_test(args) -> int:
     stack = _stack()
     stack.provision()
     ensure_chromium(stack)
-    pytest_args = forwarded(args.pytest_args)
-    sessions = os.environ.get("BTC_TEST_SESSIONS", "2")
-    if sessions not in ("1", "2"):
-        raise StackError(f"BTC_TEST_SESSIONS={sessions!r}: 1 (one pytest session) or 2 (the default: the cluster and "
-                         "model tests in a second session beside the rest)")
-    if pytest_args or sessions == "1":  # a chosen selection runs as asked, in one session
-        command = [sys.executable, "-m", "pytest", *pytest_args]
-        progress("test", " ".join(command))
-        return subprocess.run(command, cwd=REPO_ROOT).returncode
-    return run_two_sessions()
-
-
-def run_two_sessions() -> int:
-    """The whole suite as two pytest sessions at once: the first owns the suite's stack and prints as it goes; the
-    second (``JOINED_TESTS``, ``BTC_TEST_JOIN=1``) joins that stack, and its output follows when it is done."""
-    state = Path(os.environ.get("BTC_TEST_STACK_DIR") or REPO_ROOT / ".local-stack-tests")
-    state.mkdir(parents=True, exist_ok=True)
-    log_path = state / "joined-session.log"
-    main = [sys.executable, "-m", "pytest", *(f"--ignore={path}" for path in JOINED_TESTS)]
-    joined = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--basetemp={state / 'pytest-joined'}",
-              *JOINED_TESTS]
-    progress("test", " ".join(main))
-    progress("test", f"beside it: {' '.join(joined)} (output in {log_path}, shown when it ends)")
-    started = time.monotonic()
-    first_code = None
-    with open(log_path, "w") as log:
-        second = subprocess.Popen(joined, cwd=REPO_ROOT, env={**os.environ, "BTC_TEST_JOIN": "1"}, stdout=log,
-                                  stderr=subprocess.STDOUT)
-        try:
-            first_code = subprocess.run(main, cwd=REPO_ROOT).returncode
-        finally:
-            # Interrupted, or pytest's own error, usage error or empty selection (2-5) rather than failed tests (1):
-            # the joined session would wait for a stack that is not coming.
-            if second.poll() is None and (first_code is None or first_code >= 2):
-                second.terminate()
-            second_code = second.wait()
-    output = log_path.read_text(errors="replace")
-    print(f"\n{'=' * 24} the joined session: {' '.join(JOINED_TESTS)} {'=' * 24}\n{output}", flush=True)
-    summary = (output.strip().splitlines() or ["(no output)"])[-1].strip("= ")
-    progress("test", f"both sessions done in {time.monotonic() - started:.0f}s; exit codes: the first {first_code}, "
-                     f"the joined {second_code} ({summary})")
-    return first_code or second_code
+    command = [sys.executable, "-m", "pytest", *forwarded(args.pytest_args)]
+    progress("test", " ".join(command))
+    return subprocess.run(command, cwd=REPO_ROOT).returncode
 
 
 def cmd_stream(args) -> int:

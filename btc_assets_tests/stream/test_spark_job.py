@@ -354,7 +354,6 @@ def test_kafka_broker_killed_and_restarted_mid_stream(stack, spark, tmp_path):
     _fault_run(stack, spark, tmp_path, kill_broker, trades=20_000, rate=1_000, seed=21)
 
 
-@pytest.mark.usefixtures("stack_outage")  # InfluxDB down: never under a joined session
 def test_influxdb_stopped_for_30_seconds(stack, spark, tmp_path):
     influxdb = stack.services["influxdb"]
 
