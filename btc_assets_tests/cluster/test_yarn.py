@@ -9,12 +9,10 @@ its containers mid-job: the job still succeeds, the lost attempts run again on t
 from __future__ import annotations
 
 import threading
-import uuid
 
 import dagster as dg
 
 from btc_assets.defs.history.assets import minute_bars, raw_trades
-from btc_assets.defs.resources import StorageResource
 from btc_assets_tests.cluster.conftest import kill_node, node_processes, runs_a_task
 from btc_assets_tests.history.test_history_assets import archive_csv, bar_lines
 from btc_assets_tests.reference import assert_bars_equal, duckdb_bars
@@ -59,16 +57,9 @@ def test_a_day_on_yarn_gives_the_local_profiles_bytes(cluster_resources, history
     nodes = {node["nodeHTTPAddress"] for node in hadoop_cluster.running_nodemanagers()}
     assert {attempt["nodeHttpAddress"] for attempt in attempts} <= nodes
 
-    # The same day with the local profile (one DataNode, the LocalJobRunner, this interpreter): same bytes. Under
-    # a root of its own on the suite's HDFS: the history tests and the demo write 2025's days under the default.
-    shared = history_resources["storage"]
-    private = StorageResource(filesystem_url=shared.filesystem_url, webhdfs_url=shared.webhdfs_url, user=shared.user,
-                              root=f"/btc-yarntest-{uuid.uuid4().hex[:10]}")
-    try:
-        assert dg.materialize(ASSETS, partition_key=day, resources={**history_resources, "storage": private}).success
-        local = bar_lines(private.storage, day)
-    finally:
-        private.storage.fs.delete(private.root, recursive=True)
+    # The same day with the local profile (one DataNode, the LocalJobRunner, this interpreter): same bytes.
+    assert dg.materialize(ASSETS, partition_key=day, resources=history_resources).success
+    local = bar_lines(history_resources["storage"].storage, day)
     assert on_yarn == local and len(on_yarn) > 1400  # quiet minutes have no bar
     archive_csv(archive, day, tmp_path)
     assert_bars_equal(on_yarn, duckdb_bars(tmp_path / f"{day}.csv"))
