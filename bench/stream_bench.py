@@ -55,6 +55,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from btc_assets import config  # noqa: E402
 from btc_assets.clients import kafka as kafka_io  # noqa: E402
 from btc_assets.contracts import schema  # noqa: E402
 from btc_assets.clients.influx import Influx  # noqa: E402
@@ -297,7 +298,10 @@ def batches_stage(args, reader: Influx, services: Services) -> int:
     medians = {}
     for place, root, hadoop in places:
         session = SparkResource(master=env["BTC_SPARK_MASTER"], driver_memory=env["BTC_SPARK_DRIVER_MEMORY"],
-                                hdfs_url=env["BTC_HDFS_URL"], jars=env["BTC_SPARK_JARS"]).settings("btc-stream-bench-batches")
+                                hdfs_url=env["BTC_HDFS_URL"], jars=env["BTC_SPARK_JARS"],
+                                # the streaming job's JVM, not a batch session's
+                                driver_java_options=config.get("BTC_STREAM_DRIVER_JAVA_OPTIONS"),
+                                ).settings("btc-stream-bench-batches")
         # A file system client of this session's own, so each place runs with its own settings.
         session.extra.update({"spark.hadoop.fs.hdfs.impl.disable.cache": "true",
                               **{f"spark.hadoop.{key}": value for key, value in hadoop.items()}})

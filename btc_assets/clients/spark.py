@@ -27,6 +27,7 @@ class SparkSettings:
     python: str = ""               # BTC_SPARK_PYTHON: the executors' Python
     executor_memory: str = "1g"    # BTC_SPARK_EXECUTOR_MEMORY (cluster masters)
     cores_max: str = ""            # BTC_SPARK_CORES_MAX (standalone masters)
+    driver_java_options: str = ""  # spark.driver.extraJavaOptions ("" or "none": the JVM's defaults)
     extra: dict[str, str] = field(default_factory=dict)
 
     def driver_address(self) -> dict[str, str]:
@@ -67,6 +68,8 @@ class SparkSettings:
                 conf["spark.cores.max"] = self.cores_max
         if self.python:
             conf["spark.pyspark.python"] = self.python
+        if self.driver_java_options.strip() and self.driver_java_options.strip().lower() != "none":
+            conf["spark.driver.extraJavaOptions"] = self.driver_java_options.strip()
         conf.update(self.extra)
         return conf
 

@@ -87,12 +87,14 @@ class SparkResource(dg.ConfigurableResource):
     python: str = ""
     executor_memory: str = config.default("BTC_SPARK_EXECUTOR_MEMORY")
     cores_max: str = ""
+    driver_java_options: str = config.default("BTC_SPARK_DRIVER_JAVA_OPTIONS")
 
     def settings(self, app_name: str = "btc-pipeline") -> SparkSettings:
         return SparkSettings(master=self.master, app_name=app_name, driver_memory=self.driver_memory,
                              jars=self.jars, packages=self.packages, ivy_dir=self.ivy_dir,
                              hdfs_url=self.hdfs_url, driver_host=self.driver_host, python=self.python,
-                             executor_memory=self.executor_memory, cores_max=self.cores_max)
+                             executor_memory=self.executor_memory, cores_max=self.cores_max,
+                             driver_java_options=self.driver_java_options)
 
     def session(self, app_name: str = "btc-pipeline"):
         """The session, created on first use (so runs that never touch Spark never start a JVM)."""
@@ -217,7 +219,8 @@ def build_resources() -> dict[str, Any]:
                                ivy_dir=env("BTC_SPARK_IVY_DIR"), hdfs_url=env("BTC_HDFS_URL"),
                                driver_host=env("BTC_SPARK_DRIVER_HOST"), python=env("BTC_SPARK_PYTHON"),
                                executor_memory=env("BTC_SPARK_EXECUTOR_MEMORY"),
-                               cores_max=env("BTC_SPARK_CORES_MAX")),
+                               cores_max=env("BTC_SPARK_CORES_MAX"),
+                               driver_java_options=env("BTC_SPARK_DRIVER_JAVA_OPTIONS")),
         "mapreduce": MapReduceResource(framework=env("BTC_MAPREDUCE_FRAMEWORK"),
                                        hadoop_classpath=env("BTC_HADOOP_CLASSPATH"),
                                        streaming_jar=env("BTC_HADOOP_STREAMING_JAR"),

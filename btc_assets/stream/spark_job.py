@@ -838,17 +838,14 @@ def build_spark(settings: StreamSettings) -> SparkSession:
     # local[N] never retries a failed task; local[N,4] does, so a fetch that hit a restarting broker
     # costs a task retry instead of a query restart.
     master = re.sub(r"^local\[(\d+|\*)\]$", r"local[\1,4]", master)
-    # ParallelGC: the job allocates short-lived rows fast and needs throughput more than G1's short pauses.
-    java_options = config.get("BTC_STREAM_DRIVER_JAVA_OPTIONS").strip()
-    if java_options.lower() != "none":
-        extra["spark.driver.extraJavaOptions"] = java_options
     return build_session(SparkSettings(
         master=master, app_name="btc-spark-stream", driver_memory=config.get("BTC_SPARK_DRIVER_MEMORY"),
         jars=config.get_optional("BTC_SPARK_JARS"), packages=config.get_optional("BTC_SPARK_PACKAGES"),
         ivy_dir=config.get_optional("BTC_SPARK_IVY_DIR"), hdfs_url=config.get("BTC_HDFS_URL"),
         driver_host=config.get_optional("BTC_SPARK_DRIVER_HOST"), python=config.get_optional("BTC_SPARK_PYTHON"),
         executor_memory=config.get("BTC_SPARK_EXECUTOR_MEMORY"), cores_max=config.get_optional("BTC_SPARK_CORES_MAX"),
-        extra=extra))
+        # ParallelGC: the job allocates short-lived rows fast and needs throughput more than G1's short pauses.
+        driver_java_options=config.get("BTC_STREAM_DRIVER_JAVA_OPTIONS"), extra=extra))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -25,6 +25,24 @@ def test_storage_write_then_spark_reads_hdfs(resources, spark, unique):
     storage.fs.delete(storage.path(f"tests/{unique}"), recursive=True)
 
 
+def test_batch_sessions_run_their_driver_with_the_configured_java_options(spark):
+    """BTC_SPARK_DRIVER_JAVA_OPTIONS reaches the driver JVM (C1 only by default); 'none' sets nothing."""
+    from btc_assets import config
+    from btc_assets.clients.spark import SparkSettings
+
+    arguments = list(spark._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments())
+    assert config.default("BTC_SPARK_DRIVER_JAVA_OPTIONS") == "-XX:TieredStopAtLevel=1"
+    assert "-XX:TieredStopAtLevel=1" in arguments, arguments
+    # the JIT the JVM really runs: C2 off means tiered compilation stops at level 1
+    flag = spark._jvm.java.lang.management.ManagementFactory.getPlatformMXBean(
+        spark._jvm.java.lang.Class.forName("com.sun.management.HotSpotDiagnosticMXBean"))
+    assert flag.getVMOption("TieredStopAtLevel").getValue() == "1"
+    for unset in ("none", " None ", ""):
+        assert "spark.driver.extraJavaOptions" not in SparkSettings(driver_java_options=unset).conf()
+    assert SparkSettings(driver_java_options=" -XX:+UseParallelGC ").conf()["spark.driver.extraJavaOptions"] == \
+        "-XX:+UseParallelGC"
+
+
 def test_missing_path_is_a_clear_error(resources, unique):
     fs = resources["storage"].storage.fs
     assert fs.status(f"/btc/tests/{unique}/absent") is None
