@@ -145,7 +145,11 @@ def main() -> int:
     env = os.environ
     storage = bench_storage(ROOT)
     spark = SparkResource(master=env["BTC_SPARK_MASTER"], driver_memory=env["BTC_SPARK_DRIVER_MEMORY"],
-                          hdfs_url=env["BTC_HDFS_URL"]).session("btc-train-bench")
+                          hdfs_url=env["BTC_HDFS_URL"],
+                          driver_java_options=env.get("BTC_SPARK_DRIVER_JAVA_OPTIONS",
+                                                      SparkResource().driver_java_options)).session("btc-train-bench")
+    arguments = spark._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments()
+    print(f"[bench] driver JVM options: {' '.join(str(a) for a in arguments if str(a).startswith('-XX')) or 'defaults'}")
     spark.sparkContext.setLogLevel("ERROR")
     reports = []
     try:
