@@ -92,11 +92,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BTC_SPARK_EXECUTOR_MEMORY", "1g", "executor heap on a cluster master"),
     Setting("BTC_SPARK_CORES_MAX", "", "most cores one application takes from a standalone master (empty: all "
             "it offers; the streaming job holds its cores for as long as it runs)"),
-    Setting("BTC_SPARK_DRIVER_JAVA_OPTIONS", "-XX:TieredStopAtLevel=1",
+    Setting("BTC_SPARK_DRIVER_JAVA_OPTIONS", "none",
             "the batch Spark sessions' driver JVM options (training, predictions, the training set; "
             "`spark.driver.extraJavaOptions`, replacing spark-defaults.conf's; in local mode the driver runs the "
-            "tasks too). The default compiles with C1 only: these sessions live seconds to minutes, too short for "
-            "C2's compile time to pay back (README). 'none': the JVM's defaults. The streaming job has its own"),
+            "tasks too). 'none': the JVM's defaults. Not C1-only (`-XX:TieredStopAtLevel=1`): it overflows the "
+            "stack of pyspark.ml's GBT (the seed replication) and slows 30 days of RF (README). The streaming job "
+            "has its own"),
     # InfluxDB
     Setting("BTC_INFLUX_URL", "http://127.0.0.1:8086", "InfluxDB 2 URL"),
     Setting("BTC_INFLUX_ORG", "btc", "InfluxDB organisation"),
