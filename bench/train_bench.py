@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from btc_assets import config  # noqa: E402
 from btc_testkit import bars as known_bars  # noqa: E402
 from btc_assets.defs.resources import SparkResource  # noqa: E402
 from btc_assets.ml import features
@@ -146,8 +147,7 @@ def main() -> int:
     storage = bench_storage(ROOT)
     spark = SparkResource(master=env["BTC_SPARK_MASTER"], driver_memory=env["BTC_SPARK_DRIVER_MEMORY"],
                           hdfs_url=env["BTC_HDFS_URL"],
-                          driver_java_options=env.get("BTC_SPARK_DRIVER_JAVA_OPTIONS",
-                                                      SparkResource().driver_java_options)).session("btc-train-bench")
+                          driver_java_options=config.get("BTC_SPARK_DRIVER_JAVA_OPTIONS")).session("btc-train-bench")
     arguments = spark._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments()
     print(f"[bench] driver JVM options: {' '.join(str(a) for a in arguments if str(a).startswith('-XX')) or 'defaults'}")
     spark.sparkContext.setLogLevel("ERROR")

@@ -68,8 +68,9 @@ class SparkSettings:
                 conf["spark.cores.max"] = self.cores_max
         if self.python:
             conf["spark.pyspark.python"] = self.python
-        if self.driver_java_options.strip() and self.driver_java_options.strip().lower() != "none":
-            conf["spark.driver.extraJavaOptions"] = self.driver_java_options.strip()
+        java_options = self.driver_java_options.strip()
+        if java_options and java_options.lower() != "none":
+            conf["spark.driver.extraJavaOptions"] = java_options
         conf.update(self.extra)
         return conf
 
