@@ -54,9 +54,21 @@ def test_cancelling_a_running_minute_bars_run_kills_the_job_and_writes_nothing(s
         jvms = _streaming_jvms(worker)
         time.sleep(0.2)
     assert jvms, "the MapReduce JVM never started"
-    # Let the job get going (map tasks running, staging output begun), then cancel as Dagster does: an interrupt.
-    time.sleep(3)
-    assert run.poll() is None, "the job finished before it could be cancelled: make the day bigger"
+    # Let the job get going: its staging output exists once the job is set up and its map tasks start.
+    while time.monotonic() < deadline and not fs.exists(bars_dir + "._tmp"):
+        time.sleep(0.05)
+    assert fs.exists(bars_dir + "._tmp"), "the job never began its staging output"
+    # The whole day takes the job ~3 s, so a cancel sent now could arrive after it finished. Freeze the JVM
+    # (not its mapper processes) so the job is still running, however slowly the cancel travels; the runner's
+    # SIGKILL ends a stopped JVM as it ends a running one.
+    for jvm in jvms:
+        jvm.suspend()
+    frozen_by = time.monotonic() + 10
+    while time.monotonic() < frozen_by and not all(jvm.status() == psutil.STATUS_STOPPED for jvm in jvms):
+        time.sleep(0.05)
+    assert all(jvm.status() == psutil.STATUS_STOPPED for jvm in jvms), "the job finished before it was frozen"
+    assert run.poll() is None and not fs.exists(bars_dir), "the job finished before it could be cancelled"
+    # Cancel as Dagster does: an interrupt.
     run.send_signal(signal.SIGINT)
     output, _ = run.communicate(timeout=120)
 
