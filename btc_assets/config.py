@@ -144,6 +144,9 @@ STREAM_SETTINGS = (
             "stream_health_sensor: a heartbeat (or the newest trade) older than this means the component is down"),
     Setting("BTC_STREAM_RESTART_COOLDOWN_SECONDS", "600",
             "stream_health_sensor: at most one restart request per component in this many seconds"),
+    Setting("BTC_STREAM_SENSOR_INTERVAL_SECONDS", "60",
+            "stream_health_sensor: seconds between its evaluations (read when the code location loads: restart "
+            "the daemon after a change); a stalled component is restarted within `BTC_STREAM_STALL_SECONDS` + this"),
 )
 SETTINGS += STREAM_SETTINGS
 SETTINGS += (

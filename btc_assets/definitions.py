@@ -4,7 +4,8 @@ Everything under ``btc_assets/defs`` (assets, checks, jobs, schedules, sensors o
 resources of ``defs/resources.py``) is loaded from the defs folder, as `btc_assets/dg.toml` declares.
 Loading touches no engine and changes no environment variable: resources connect lazily, and their
 settings are ``EnvVar``s resolved when a run starts (the local stack's ``stack.env``, or the cluster's
-environment). The one setting read at load is the run executor (``BTC_DAGSTER_EXECUTOR``).
+environment). Two settings are read at load: the run executor (``BTC_DAGSTER_EXECUTOR``) and how often the
+stream health sensor ticks (``BTC_STREAM_SENSOR_INTERVAL_SECONDS``, when its module is first imported).
 """
 
 from __future__ import annotations

@@ -58,6 +58,9 @@ def pytest_configure(config):  # noqa: ARG001 - pytest's hook signature
     # The suite's daemon judges the live stream faster than the default 120 s (heartbeats come every 5 s), so a
     # killed component is restarted within the 3 minutes the supervision test allows.
     os.environ.setdefault("BTC_STREAM_STALL_SECONDS", "45")
+    # ... and every 15 s instead of every minute: a SIGKILLed component is restarted 45-60 s after its last
+    # heartbeat instead of 45-105 s.
+    os.environ.setdefault("BTC_STREAM_SENSOR_INTERVAL_SECONDS", "15")
     # raw_trades' step retries (2 more tries) stay on, a second apart instead of 30 s and 60 s.
     os.environ.setdefault("BTC_DOWNLOAD_RETRY_DELAY_SECONDS", "1")
 

@@ -49,6 +49,27 @@ def test_definitions_validate_and_list_assets():
     assert definitions.resolve_asset_graph().get(dg.AssetKey("minute_bars")).pools == {"mapreduce"}
 
 
+def _sensor_interval_at_load(value: str) -> subprocess.CompletedProcess:
+    """A fresh interpreter (the sensor's interval is read once, at import) loading the definitions as the daemon does."""
+    code = ("from btc_assets.definitions import defs; "
+            "print(defs().resolve_sensor_def('stream_health_sensor').minimum_interval_seconds)")
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, BTC_STREAM_SENSOR_INTERVAL_SECONDS=value))
+
+
+def test_the_health_sensor_ticks_as_often_as_configured():
+    from btc_assets import config
+
+    assert config.default("BTC_STREAM_SENSOR_INTERVAL_SECONDS") == "60"
+    configured = _sensor_interval_at_load("7")
+    assert configured.returncode == 0, configured.stderr[-2000:]
+    assert configured.stdout.split()[-1] == "7"
+    for wrong, says in (("0", "BTC_STREAM_SENSOR_INTERVAL_SECONDS=0 must be at least 1"),
+                        ("a minute", "BTC_STREAM_SENSOR_INTERVAL_SECONDS='a minute' is not a whole number")):
+        failed = _sensor_interval_at_load(wrong)
+        assert failed.returncode != 0 and says in failed.stderr, failed.stderr[-2000:]
+
+
 def test_runs_execute_in_process_unless_configured(monkeypatch):
     monkeypatch.delenv("BTC_DAGSTER_EXECUTOR", raising=False)
     assert load_definitions().executor.name == "in_process"

@@ -259,6 +259,7 @@ def test_daemon_supervises_the_live_stream(live_demo, stack, resources, browser)
     for pid in pids.values():
         os.kill(pid, signal.SIGKILL)
     killed = time.time()
+    phases: dict[str, float] = {}  # seconds after the kill each stage of the recovery was seen: printed at the end
     restarts = wait_for(lambda: (lambda found: found if set(found) == set(pids) else None)(
                         {run["tags"].get("component"): run for run_id, run in restart_runs(url).items()
                          if run_id not in before}),
@@ -269,11 +270,14 @@ def test_daemon_supervises_the_live_stream(live_demo, stack, resources, browser)
              f"the restart run of {component}")
         assert restart_runs(url)[restart["runId"]]["status"] == "SUCCESS", restart
         assert services.processes[component].pid() not in (None, pids[component])
+    phases["restart runs succeeded"] = time.time() - killed
     # Flowing again: trades newer than the kill, and a bar of a minute after it.
     wait_for(lambda: (newest(reader, schema.TRADES_MEASUREMENT, killed - 600) or 0) >= killed + 5, 240,
          "new trades after the producer's restart")
+    phases["new trades"] = time.time() - killed
     wait_for(lambda: (newest(reader, schema.BARS_MEASUREMENT, killed - 600) or 0) >= (killed // 60 + 1) * 60, 240,
          "new bars after the Spark job's restart")
+    phases["a bar of a later minute"] = time.time() - killed
     switch(url, "stream_health_sensor", on=False)
 
     # Exactly once: the market paused, every id from the first the stream took to the emulator's last is in
@@ -293,6 +297,9 @@ def test_daemon_supervises_the_live_stream(live_demo, stack, resources, browser)
              f"{symbol}: all {expected:,} trades {first}..{last} in InfluxDB")
         assert influx_scalar(reader, where + " |> count()") == expected
         assert influx_scalar(reader, where + " |> distinct() |> count()") == expected
+        phases[f"{symbol} counted"] = time.time() - killed
         print(f"\n[supervision] {symbol}: {expected:,} trades {first}..{last}, each once in InfluxDB; restarts "
-              + ", ".join(f"{c} launched {r['creationTime'] - killed:.0f}s after the kill" for c, r in restarts.items()))
+              + ", ".join(f"{c} launched {r['creationTime'] - killed:.0f}s after the kill" for c, r in restarts.items())
+              + "; then " + ", ".join(f"{what} {seconds:.0f}s" for what, seconds in phases.items())
+              + f" after it; the healthy window ended {killed - switched_on:.0f}s after supervision began")
     reader.close()

@@ -18,6 +18,7 @@ import time
 
 import dagster as dg
 
+from btc_assets import config
 from btc_assets.defs.resources import InfluxResource, KafkaResource, MarketResource, StorageResource, StreamResource
 from btc_assets.defs.stream.assets import live_bars, live_trades
 from btc_assets.contracts import schema
@@ -26,6 +27,15 @@ from btc_assets.stream.health import StreamHealth, measure
 COMPONENTS = ("producer", "spark-job")
 STREAM_CHECK = "stream_healthy"  # on live_trades
 BARS_CHECK = "bars_fresh"  # on live_bars
+
+
+def sensor_interval_seconds() -> int:
+    """How often the daemon evaluates `stream_health_sensor` (``BTC_STREAM_SENSOR_INTERVAL_SECONDS``)."""
+    seconds = config.get_int("BTC_STREAM_SENSOR_INTERVAL_SECONDS")
+    if seconds < 1:
+        raise ValueError(f"BTC_STREAM_SENSOR_INTERVAL_SECONDS={seconds} must be at least 1 (seconds between the "
+                         "stream health sensor's evaluations)")
+    return seconds
 
 
 class RestartConfig(dg.Config):
@@ -99,12 +109,14 @@ def _updated(epoch_seconds: float | None) -> dict:
     return {} if epoch_seconds is None else {"dagster/last_updated_timestamp": dg.MetadataValue.timestamp(epoch_seconds)}
 
 
-@dg.sensor(job=restart_stream_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED)
+@dg.sensor(job=restart_stream_job, minimum_interval_seconds=sensor_interval_seconds(),
+           default_status=dg.DefaultSensorStatus.STOPPED)
 def stream_health_sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource, storage: StorageResource,
                          influx: InfluxResource, stream: StreamResource, market: MarketResource):
-    """Every minute: the producer, the WebSocket, Kafka and the Spark job judged (checks on `live_trades` and
-    `live_bars`, observations of Kafka lag and freshness); a restart run for each component that is down or
-    stalled for longer than `stall_seconds`, at most one per component per `cooldown_seconds`."""
+    """Every `BTC_STREAM_SENSOR_INTERVAL_SECONDS` (a minute by default): the producer, the WebSocket, Kafka and
+    the Spark job judged (checks on `live_trades` and `live_bars`, observations of Kafka lag and freshness); a
+    restart run for each component that is down or stalled for longer than `stall_seconds`, at most one per
+    component per `cooldown_seconds`."""
     health, end_offsets, problems = judge(kafka, storage, influx, stream, market)
     now = time.time()
     events: list = check_results(health, problems)
