@@ -1,10 +1,12 @@
-"""Dagster as deployed: webserver and daemon on PostgreSQL, backfills under a MapReduce pool, two symbols, bad settings."""
+"""Dagster as deployed: webserver and daemon on PostgreSQL, two symbols, bad settings.
+
+The five-day backfill under the MapReduce pool is in ``test_main_job.py``: it runs inside the supervision
+test's five healthy minutes, with the live stream.
+"""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import dagster as dg
 import pytest
@@ -14,15 +16,8 @@ from btc_assets.defs.history.checks import minute_bar_checks
 from btc_assets.defs.resources import BinanceHistoryResource, MarketResource
 from btc_assets_tests.conftest import TEST_HISTORY_SYMBOLS, TEST_HISTORY_TRADES_PER_DAY
 from btc_assets_tests.platform.test_definitions import EVERY_ASSET
-from btc_localstack.base import REPO_ROOT, StackError
+from btc_localstack.base import StackError
 from btc_localstack.dagster import graphql
-
-RUNS_OF_BACKFILL = """
-query($id: String!) {
-  runsOrError(filter: {tags: [{key: "dagster/backfill", value: $id}]}) {
-    ... on Runs { results { runId status startTime endTime tags { key value } } }
-  }
-}"""
 
 LATEST_METADATA = """
 query($path: [String!]!, $partition: String!) {
@@ -58,28 +53,6 @@ def test_bad_postgres_settings_fail_with_one_error_naming_the_setting(stack):
         dagster.check_storage({**env, "DAGSTER_POSTGRES_PORT": "1"})
     with pytest.raises(StackError, match="DAGSTER_POSTGRES_PORT='x' is not a port number"):
         dagster.check_storage({**env, "DAGSTER_POSTGRES_PORT": "x"})
-
-
-def test_a_backfill_of_five_days_never_runs_two_mapreduce_jobs_at_once(stack):
-    dagster = stack.services["dagster"]
-    result = subprocess.run([sys.executable, "-m", "btc_localstack.cli", "backfill", "--start", "2024-08-01",
-                             "--end", "2024-08-05"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=1500)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    backfill_id = result.stdout.strip().splitlines()[-1]
-    assert "5 of 5 days done" in result.stderr  # the progress the command printed
-
-    # The backfill shows in the UI's backfill page ...
-    listed = graphql(dagster.url, "{ partitionBackfillsOrError { ... on PartitionBackfills { results { id status } } } }")
-    statuses = {backfill["id"]: backfill["status"] for backfill in listed["partitionBackfillsOrError"]["results"]}
-    assert statuses.get(backfill_id) in ("COMPLETED_SUCCESS", "COMPLETED"), statuses
-    # ... and its runs, each holding the MapReduce pool for its whole run, never overlapped (limit 1).
-    runs = graphql(dagster.url, RUNS_OF_BACKFILL, {"id": backfill_id})["runsOrError"]["results"]
-    partitions = sorted(tag["value"] for run in runs for tag in run["tags"] if tag["key"] == "dagster/partition")
-    assert partitions == [f"2024-08-0{day}" for day in range(1, 6)]
-    assert all(run["status"] == "SUCCESS" for run in runs)
-    spans = sorted((run["startTime"], run["endTime"]) for run in runs)
-    for (_, end), (start, _) in zip(spans, spans[1:]):
-        assert start >= end, f"two MapReduce runs overlapped: {spans}"
 
 
 def test_two_symbols_each_show_their_own_figures_in_the_ui(stack, history_service):

@@ -150,6 +150,41 @@ def demo_attempt(stack, attempt: int, on_live=None) -> None:
     demo_runs_in_the_ui(stack)
 
 
+# --- while the live stream runs supervised (the healthy minutes): a backfill under the daemon ---------------
+
+RUNS_OF_BACKFILL = """
+query($id: String!) {
+  runsOrError(filter: {tags: [{key: "dagster/backfill", value: $id}]}) {
+    ... on Runs { results { runId status startTime endTime tags { key value } } }
+  }
+}"""
+
+
+def test_a_backfill_of_five_days_never_runs_two_mapreduce_jobs_at_once(stack):
+    """Here, after the demo, it runs inside the supervision test's 5 healthy minutes: the daemon runs the backfill's
+    MapReduce jobs one at a time while the health sensor and the prediction schedule tick over the live stream
+    (alone, e.g. with ``-k backfill``, it needs no demo)."""
+    dagster = stack.services["dagster"]
+    result = subprocess.run([sys.executable, "-m", "btc_localstack.cli", "backfill", "--start", "2024-08-01",
+                             "--end", "2024-08-05"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    backfill_id = result.stdout.strip().splitlines()[-1]
+    assert "5 of 5 days done" in result.stderr  # the progress the command printed
+
+    # The backfill shows in the UI's backfill page ...
+    listed = graphql(dagster.url, "{ partitionBackfillsOrError { ... on PartitionBackfills { results { id status } } } }")
+    statuses = {backfill["id"]: backfill["status"] for backfill in listed["partitionBackfillsOrError"]["results"]}
+    assert statuses.get(backfill_id) in ("COMPLETED_SUCCESS", "COMPLETED"), statuses
+    # ... and its runs, each holding the MapReduce pool for its whole run, never overlapped (limit 1).
+    runs = graphql(dagster.url, RUNS_OF_BACKFILL, {"id": backfill_id})["runsOrError"]["results"]
+    partitions = sorted(tag["value"] for run in runs for tag in run["tags"] if tag["key"] == "dagster/partition")
+    assert partitions == [f"2024-08-0{day}" for day in range(1, 6)]
+    assert all(run["status"] == "SUCCESS" for run in runs)
+    spans = sorted((run["startTime"], run["endTime"]) for run in runs)
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert start >= end, f"two MapReduce runs overlapped: {spans}"
+
+
 # --- the live path the demo left running, supervised by the stack's daemon -------------------------------------
 
 RESTART_RUNS = """
@@ -201,9 +236,9 @@ def emulator_control(path: str, method: str = "GET") -> dict:
 
 def test_daemon_supervises_the_live_stream(live_demo, stack, resources, browser):
     """Under the stack's daemon, with the health sensor and the prediction schedule switched on (by the fixture,
-    before the second demo run): 5 healthy minutes with no restart, checks green, predictions written; then the
-    Spark job and the producer SIGKILLed together, each restarted by a run the sensor requested; every trade
-    the emulator made in InfluxDB exactly once."""
+    before the second demo run): 5 healthy minutes with no restart (the second demo run and the five-day backfill
+    test among them), checks green, predictions written; then the Spark job and the producer SIGKILLed together,
+    each restarted by a run the sensor requested; every trade the emulator made in InfluxDB exactly once."""
     from btc_assets import config
     from btc_assets.contracts import schema
 
