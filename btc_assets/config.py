@@ -92,6 +92,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("BTC_SPARK_EXECUTOR_MEMORY", "1g", "executor heap on a cluster master"),
     Setting("BTC_SPARK_CORES_MAX", "", "most cores one application takes from a standalone master (empty: all "
             "it offers; the streaming job holds its cores for as long as it runs)"),
+    Setting("BTC_SPARK_CLASS_ARCHIVE", "", "a JDK class-data sharing archive (`-XX:SharedArchiveFile`) of Spark's "
+            "classes that every Spark driver JVM starts from (a session starts ~40 % sooner here: "
+            "`bench/spark_start_bench.py`); the local stack dumps one into its cache for its JVM and pyspark"),
     Setting("BTC_SPARK_DRIVER_JAVA_OPTIONS", "none",
             "the batch Spark sessions' driver JVM options (training, predictions, the training set; "
             "`spark.driver.extraJavaOptions`, replacing spark-defaults.conf's; in local mode the driver runs the "

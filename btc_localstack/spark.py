@@ -8,12 +8,18 @@ the `spark-sql-kafka-0-10` connector matching the installed pyspark, resolved on
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import re
 import sys
+import tempfile
+import uuid
 from pathlib import Path
 
-from .base import REPO_ROOT, ManagedProcess, Service, ensure_port_free, maven_resolve, progress
+from btc_assets.clients.jvm import java_home
+
+from .base import REPO_ROOT, ManagedProcess, Service, StackError, ensure_port_free, maven_resolve, progress, run_logged
 
 HOST = "127.0.0.1"
 
@@ -52,6 +58,54 @@ class SparkService(Service):
         if not pom.exists() or pom.read_text() != text:
             pom.write_text(text)
         maven_resolve(pom, self.lib, component=self.name)
+        self._dump_class_archive()
+
+    @property
+    def class_archive(self) -> Path:
+        """The Spark drivers' class-data sharing archive (``BTC_SPARK_CLASS_ARCHIVE``), named after what the JVM
+        checks it against: the JVM, and pyspark's jars (where they are, their sizes and times). Another venv or
+        another JDK gets an archive of its own."""
+        java = (java_home() / "bin" / "java").resolve()
+        digest = hashlib.sha256(f"{java}:{java.stat().st_mtime_ns}:{_pyspark_home()}".encode())
+        for jar in sorted((Path(_pyspark_home()) / "jars").glob("*.jar")):
+            stat = jar.stat()
+            digest.update(f"{jar.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        return self.cache / self.version / f"driver-classes-{digest.hexdigest()[:12]}.jsa"
+
+    def _dump_class_archive(self) -> None:
+        """Once per JVM and pyspark install: a small Spark session (DataFrames, SQL, Parquet, CSV, ML), its driver
+        JVM told to archive the classes it loaded (JDK AppCDS). Every Spark driver after starts from it
+        (``SparkSettings.class_archive``). A failed dump only costs that: it is said and provisioning goes on.
+        Archives of other installs beyond the newest two are deleted (each is ~150 MB)."""
+        archive = self.class_archive
+        if archive.exists():
+            return
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        with open(archive.parent / "class-archive.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # the cluster topology's two Spark services provision at once
+            if archive.exists():
+                return
+            progress(self.name, "dumping the Spark driver's class-data archive (once per JVM and pyspark, ~30 s)…")
+            dumping = archive.with_name(f"{archive.name}.{uuid.uuid4().hex[:8]}.tmp")
+            try:
+                with tempfile.TemporaryDirectory(prefix="btc-spark-classes-") as scratch:
+                    run_logged([sys.executable, "-m", "btc_localstack.spark", str(dumping),
+                                ",".join(str(jar) for jar in self.jars())],
+                               archive.parent / "class-archive.log", component=self.name, step="class-data archive",
+                               cwd=Path(scratch), timeout=600)
+                if not dumping.exists():
+                    raise StackError(f"{self.name}: the driver JVM wrote no archive; see "
+                                     f"{archive.parent / 'class-archive.log'}")
+                dumping.replace(archive)
+            except StackError as error:
+                progress(self.name, f"no class-data archive (Spark sessions start a few seconds slower): {error}")
+                return
+            finally:
+                dumping.unlink(missing_ok=True)
+            others = sorted((path for path in archive.parent.glob("driver-classes-*.jsa") if path != archive),
+                            key=lambda path: path.stat().st_mtime, reverse=True)
+            for stale in others[1:]:
+                stale.unlink(missing_ok=True)
 
     def jars(self) -> list[Path]:
         """The connector jars pyspark lacks. Maven also resolves Spark's own transitive jars (Scala,
@@ -78,9 +132,54 @@ class SparkService(Service):
         return os.environ.get("BTC_STACK_SPARK_MASTER", "local[2]")
 
     def env(self) -> dict[str, str]:
+        archive = self.class_archive
         return {"BTC_SPARK_MASTER": self.master(),
                 "BTC_SPARK_JARS": ",".join(str(jar) for jar in self.jars()),
-                "BTC_SPARK_PACKAGES": ""}
+                "BTC_SPARK_PACKAGES": "",
+                "BTC_SPARK_CLASS_ARCHIVE": str(archive) if archive.exists() else ""}
+
+
+def dump_class_archive(dumping: str, jars: str) -> None:
+    """The work whose classes the archive holds: what the pipeline's sessions do first (Arrow DataFrames from
+    pandas, windows and aggregations, Parquet and CSV, the ML models, the Kafka source's lookup). The driver JVM
+    writes the archive when it exits."""
+    import pandas as pd
+    from pyspark.ml.feature import VectorAssembler
+    from pyspark.ml.regression import GBTRegressor, LinearRegression, RandomForestRegressor
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    from btc_assets.clients.spark import SparkSettings, build_session
+
+    spark = build_session(SparkSettings(
+        app_name="btc-class-archive", jars=jars, driver_java_options=f"-XX:ArchiveClassesAtExit={dumping} -Xlog:cds=error",
+        extra={"spark.sql.execution.arrow.pyspark.enabled": "true"}))
+    scratch = Path.cwd()
+    frame = spark.createDataFrame(pd.DataFrame({"minute": range(600), "price": [84_000.0 + i % 7 for i in range(600)]}))
+    frame = frame.withColumn("bucket", F.col("minute") % 10)
+    lagged = frame.withColumn("previous", F.lag("price").over(Window.partitionBy("bucket").orderBy("minute")))
+    lagged.groupBy("bucket").agg(F.avg("price"), F.max("previous"), F.count("*")).write.parquet(str(scratch / "p"))
+    spark.read.parquet(str(scratch / "p")).toPandas()
+    frame.write.csv(str(scratch / "c"))
+    spark.read.csv(str(scratch / "c"), schema="minute INT, price DOUBLE, bucket INT").count()
+    data = VectorAssembler(inputCols=["minute", "bucket"], outputCol="features").transform(frame)
+    for model in (LinearRegression(labelCol="price"), RandomForestRegressor(labelCol="price", numTrees=2, maxDepth=2),
+                  GBTRegressor(labelCol="price", maxIter=2, maxDepth=2)):
+        model.fit(data).transform(data).count()
+    spark.readStream.format("kafka").option("subscribe", "none").option("kafka.bootstrap.servers", "127.0.0.1:9")
+    spark.stop()
+    # pyspark kills its JVM when Python exits, which would cut the dump short: end it and wait instead (the
+    # gateway exits when its stdin closes).
+    from pyspark import SparkContext
+
+    jvm = SparkContext._gateway.proc
+    SparkContext._gateway.shutdown()
+    jvm.stdin.close()
+    jvm.wait(timeout=300)
+
+
+if __name__ == "__main__":
+    dump_class_archive(sys.argv[1], sys.argv[2])
 
 
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"

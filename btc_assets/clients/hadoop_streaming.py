@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 from btc_assets import config
-from btc_assets.clients.jvm import HDFS_CLIENT_CONF, java_executable
+from btc_assets.clients.jvm import HDFS_CLIENT_CONF, class_archive_opts, java_executable
 
 STREAMING_CLASS = "org.apache.hadoop.streaming.HadoopStreaming"
 # The minute_bars job's input format (mapreduce/LineBlockInputFormat.java): blocks of whole lines to the
@@ -102,17 +102,6 @@ def hadoop_java_command(main_class: str, args: Sequence[str], classpath: str, co
         "-cp", f"{classpath}{os.pathsep}{conf_dir}",
         main_class, *args,
     ]
-
-
-def class_archive_opts(archive: str | Path | None) -> list[str]:
-    """JVM options that map the Hadoop classes from a class-data sharing archive (``BTC_HADOOP_CLASS_ARCHIVE``,
-    dumped from the same jars by the same JVM), instead of loading and verifying them from the jars at every
-    start (2-10 % off a 4.7 M-trade job here, the more the busier the machine). Nothing when there is no such
-    file; an archive from another JVM or other jars is ignored by the JVM (``-Xshare:auto``), which then loads
-    the classes as usual."""
-    if not archive or not Path(archive).is_file():
-        return []
-    return [f"-XX:SharedArchiveFile={archive}", "-Xshare:auto", "-Xlog:cds=off", "-Xlog:cds+dynamic=off"]
 
 
 @dataclass(frozen=True)

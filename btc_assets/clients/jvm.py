@@ -1,5 +1,6 @@
-"""The one Java check: which JDK the JVM engines and clients (Hadoop, Kafka) run on, and whether it fits; and the
-HDFS client settings every JVM client of the project (Spark, MapReduce) runs with."""
+"""The one Java check: which JDK the JVM engines and clients (Hadoop, Kafka) run on, and whether it fits; the
+HDFS client settings every JVM client of the project (Spark, MapReduce) runs with; and the options that start a
+JVM from a class-data sharing archive."""
 
 from __future__ import annotations
 
@@ -62,3 +63,14 @@ HDFS_CLIENT_CONF = {
     "dfs.client.block.write.locateFollowingBlock.initial.delay.ms": "10",
     "dfs.client.block.write.locateFollowingBlock.retries": "11",
 }
+
+
+def class_archive_opts(archive: str | Path | None) -> list[str]:
+    """JVM options that map classes from a class-data sharing archive (JDK AppCDS: ``BTC_HADOOP_CLASS_ARCHIVE``
+    for the MapReduce job, ``BTC_SPARK_CLASS_ARCHIVE`` for Spark drivers, each dumped by the local stack from the
+    same jars by the same JVM), instead of loading and verifying them from the jars at every start. Nothing when
+    there is no such file; an archive from another JVM or other jars is ignored by the JVM (``-Xshare:auto``),
+    which then loads the classes as usual."""
+    if not archive or not Path(archive).is_file():
+        return []
+    return [f"-XX:SharedArchiveFile={archive}", "-Xshare:auto", "-Xlog:cds=off", "-Xlog:cds+dynamic=off"]

@@ -11,7 +11,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from btc_assets.clients.jvm import HDFS_CLIENT_CONF
+from btc_assets.clients.jvm import HDFS_CLIENT_CONF, class_archive_opts
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class SparkSettings:
     executor_memory: str = "1g"    # BTC_SPARK_EXECUTOR_MEMORY (cluster masters)
     cores_max: str = ""            # BTC_SPARK_CORES_MAX (standalone masters)
     driver_java_options: str = ""  # spark.driver.extraJavaOptions ("" or "none": the JVM's defaults)
+    class_archive: str = ""        # BTC_SPARK_CLASS_ARCHIVE: the driver JVM maps Spark's classes from it
     extra: dict[str, str] = field(default_factory=dict)
 
     def driver_address(self) -> dict[str, str]:
@@ -69,7 +70,11 @@ class SparkSettings:
         if self.python:
             conf["spark.pyspark.python"] = self.python
         java_options = self.driver_java_options.strip()
-        if java_options and java_options.lower() != "none":
+        if java_options.lower() == "none":
+            java_options = ""
+        # The archive's options before the user's, so a user's -Xshare or -Xlog wins.
+        java_options = " ".join([*class_archive_opts(self.class_archive), *([java_options] if java_options else [])])
+        if java_options:
             conf["spark.driver.extraJavaOptions"] = java_options
         conf.update(self.extra)
         return conf

@@ -88,13 +88,14 @@ class SparkResource(dg.ConfigurableResource):
     executor_memory: str = config.default("BTC_SPARK_EXECUTOR_MEMORY")
     cores_max: str = ""
     driver_java_options: str = config.default("BTC_SPARK_DRIVER_JAVA_OPTIONS")
+    class_archive: str = ""
 
     def settings(self, app_name: str = "btc-pipeline") -> SparkSettings:
         return SparkSettings(master=self.master, app_name=app_name, driver_memory=self.driver_memory,
                              jars=self.jars, packages=self.packages, ivy_dir=self.ivy_dir,
                              hdfs_url=self.hdfs_url, driver_host=self.driver_host, python=self.python,
                              executor_memory=self.executor_memory, cores_max=self.cores_max,
-                             driver_java_options=self.driver_java_options)
+                             driver_java_options=self.driver_java_options, class_archive=self.class_archive)
 
     def session(self, app_name: str = "btc-pipeline"):
         """The session, created on first use (so runs that never touch Spark never start a JVM)."""
@@ -220,7 +221,8 @@ def build_resources() -> dict[str, Any]:
                                driver_host=env("BTC_SPARK_DRIVER_HOST"), python=env("BTC_SPARK_PYTHON"),
                                executor_memory=env("BTC_SPARK_EXECUTOR_MEMORY"),
                                cores_max=env("BTC_SPARK_CORES_MAX"),
-                               driver_java_options=env("BTC_SPARK_DRIVER_JAVA_OPTIONS")),
+                               driver_java_options=env("BTC_SPARK_DRIVER_JAVA_OPTIONS"),
+                               class_archive=env("BTC_SPARK_CLASS_ARCHIVE")),
         "mapreduce": MapReduceResource(framework=env("BTC_MAPREDUCE_FRAMEWORK"),
                                        hadoop_classpath=env("BTC_HADOOP_CLASSPATH"),
                                        streaming_jar=env("BTC_HADOOP_STREAMING_JAR"),

@@ -845,7 +845,8 @@ def build_spark(settings: StreamSettings) -> SparkSession:
         driver_host=config.get_optional("BTC_SPARK_DRIVER_HOST"), python=config.get_optional("BTC_SPARK_PYTHON"),
         executor_memory=config.get("BTC_SPARK_EXECUTOR_MEMORY"), cores_max=config.get_optional("BTC_SPARK_CORES_MAX"),
         # ParallelGC: the job allocates short-lived rows fast and needs throughput more than G1's short pauses.
-        driver_java_options=config.get("BTC_STREAM_DRIVER_JAVA_OPTIONS"), extra=extra))
+        driver_java_options=config.get("BTC_STREAM_DRIVER_JAVA_OPTIONS"),
+        class_archive=config.get_optional("BTC_SPARK_CLASS_ARCHIVE"), extra=extra))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
