@@ -17,7 +17,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from btc_assets.clients.jvm import java_home
+from btc_assets.clients.jvm import JavaError, java_home
 
 from .base import REPO_ROOT, ManagedProcess, Service, StackError, ensure_port_free, maven_resolve, progress, run_logged
 
@@ -132,11 +132,14 @@ class SparkService(Service):
         return os.environ.get("BTC_STACK_SPARK_MASTER", "local[2]")
 
     def env(self) -> dict[str, str]:
-        archive = self.class_archive
+        try:
+            archive = str(self.class_archive) if self.class_archive.exists() else ""
+        except (JavaError, OSError):  # no JDK (the stack's own start says so): no archive to name
+            archive = ""
         return {"BTC_SPARK_MASTER": self.master(),
                 "BTC_SPARK_JARS": ",".join(str(jar) for jar in self.jars()),
                 "BTC_SPARK_PACKAGES": "",
-                "BTC_SPARK_CLASS_ARCHIVE": str(archive) if archive.exists() else ""}
+                "BTC_SPARK_CLASS_ARCHIVE": archive}
 
 
 def dump_class_archive(dumping: str, jars: str) -> None:
