@@ -13,8 +13,11 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from btc_assets import config
 from btc_assets.processes import ManagedProcess, ProcessError
@@ -82,6 +85,28 @@ def run_logged(cmd: list[str], log_path: Path, *, component: str, step: str,
     if result.returncode != 0:
         tail = _tail(log_path, 15)
         raise StackError(f"{component}: {step} failed (exit {result.returncode}); full log: {log_path}\n{tail}")
+
+
+def dump_class_archive(archive: Path, command: Callable[[Path, Path], list[str]], *, component: str, log_path: Path,
+                       without: str, timeout: float) -> bool:
+    """Make a JDK class-data sharing archive: ``command(dumping, scratch)`` is a JVM run told to archive the
+    classes it loaded at exit (``-XX:ArchiveClassesAtExit=<dumping>``), run in a fresh ``scratch`` directory;
+    what it wrote becomes ``archive``. A failure is said (``without``: what it costs) and provisioning goes on.
+    True when the archive is in place."""
+    dumping = archive.with_name(f"{archive.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"btc-{component}-classes-") as scratch:
+            run_logged(command(dumping, Path(scratch)), log_path, component=component, step="class-data archive",
+                       cwd=Path(scratch), timeout=timeout)
+        if not dumping.exists():
+            raise StackError(f"{component}: the JVM wrote no archive; see {log_path}")
+        dumping.replace(archive)
+        return True
+    except StackError as error:
+        progress(component, f"no class-data archive ({without}): {error}")
+        return False
+    finally:
+        dumping.unlink(missing_ok=True)
 
 
 def _tail(path: Path, lines: int) -> str:

@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -45,6 +44,7 @@ from .base import (
     ProcessError,
     Service,
     StackError,
+    dump_class_archive,
     ensure_port_free,
     env_port,
     maven_resolve,
@@ -266,36 +266,31 @@ class HadoopService(Service):
     def _dump_class_archive(self) -> None:
         """Once per jars and JVM: a small minute-bars job on the local file system, its JVM told to archive the
         classes it loaded (JDK AppCDS). Every MapReduce job after starts from that archive, a little sooner
-        (hadoop_streaming.class_archive_opts). A failed dump only costs that: it is said and provisioning goes
-        on."""
+        (jvm.class_archive_opts). A failed dump only costs that: it is said and provisioning goes on."""
         archive = self.class_archive
         if archive.exists():
             return
         progress(self.name, "dumping the MapReduce job's class-data archive (once, ~10 s)…")
-        log = self.lib_dir.parent / "class-archive.log"
-        with tempfile.TemporaryDirectory(prefix="btc-hadoop-classes-") as scratch:
-            conf, day = Path(scratch, "conf"), Path(scratch, "in", "trades.csv")
-            conf.mkdir()
-            (conf / "log4j.properties").write_text(LOG4J_PROPERTIES)
-            day.parent.mkdir()
-            day.write_text("".join(f"{n},84000.{n:02d},0.0{n}000000,{84000 * n / 100:.8f},{1743465600000 + n * 997},"
-                                   f"{'True' if n % 3 else 'False'},True\n" for n in range(1, 60)))
-            scripts = config.mapreduce_dir()
-            job = StreamingJob(mapper=str(scripts / "mapper.py"), reducer=str(scripts / "reducer.py"),
-                               files=bars.streaming_support_files(), inputs=[day.parent.as_uri()],
-                               output=Path(scratch, "out").as_uri())
-            command = streaming_command(job, framework="local", hdfs_url="file:///", classpath=self.classpath,
-                                        conf_dir=str(conf))
-            dumping = archive.with_name(f"{archive.name}.{os.getpid()}.tmp")
-            command.insert(1, f"-XX:ArchiveClassesAtExit={dumping}")
-            try:
-                run_logged(command, log, component=self.name, step="class-data archive", cwd=Path(scratch),
-                           timeout=300)
-                dumping.replace(archive)
-            except StackError as error:
-                progress(self.name, f"no class-data archive (MapReduce jobs start a little slower): {error}")
-            finally:
-                dumping.unlink(missing_ok=True)
+        dump_class_archive(archive, self._class_archive_job, component=self.name,
+                           log_path=self.lib_dir.parent / "class-archive.log",
+                           without="MapReduce jobs start a little slower", timeout=300)
+
+    def _class_archive_job(self, dumping: Path, scratch: Path) -> list[str]:
+        """The dump's job: 59 trades through the minute-bars scripts, its input and conf in ``scratch``."""
+        conf, day = scratch / "conf", scratch / "in" / "trades.csv"
+        conf.mkdir()
+        (conf / "log4j.properties").write_text(LOG4J_PROPERTIES)
+        day.parent.mkdir()
+        day.write_text("".join(f"{n},84000.{n:02d},0.0{n}000000,{84000 * n / 100:.8f},{1743465600000 + n * 997},"
+                               f"{'True' if n % 3 else 'False'},True\n" for n in range(1, 60)))
+        scripts = config.mapreduce_dir()
+        job = StreamingJob(mapper=str(scripts / "mapper.py"), reducer=str(scripts / "reducer.py"),
+                           files=bars.streaming_support_files(), inputs=[day.parent.as_uri()],
+                           output=(scratch / "out").as_uri())
+        command = streaming_command(job, framework="local", hdfs_url="file:///", classpath=self.classpath,
+                                    conf_dir=str(conf))
+        command.insert(1, f"-XX:ArchiveClassesAtExit={dumping}")
+        return command
 
     def _site(self) -> dict[str, dict[str, object]]:
         """The configuration every daemon and client shares: core, hdfs, mapred and (cluster) yarn."""

@@ -13,13 +13,11 @@ import hashlib
 import os
 import re
 import sys
-import tempfile
-import uuid
 from pathlib import Path
 
 from btc_assets.clients.jvm import JavaError, java_home
 
-from .base import REPO_ROOT, ManagedProcess, Service, StackError, ensure_port_free, maven_resolve, progress, run_logged
+from .base import REPO_ROOT, ManagedProcess, Service, dump_class_archive, ensure_port_free, maven_resolve, progress
 
 HOST = "127.0.0.1"
 
@@ -65,9 +63,9 @@ class SparkService(Service):
         """The Spark drivers' class-data sharing archive (``BTC_SPARK_CLASS_ARCHIVE``), named after what the JVM
         checks it against: the JVM, and pyspark's jars (where they are, their sizes and times). Another venv or
         another JDK gets an archive of its own."""
-        java = (java_home() / "bin" / "java").resolve()
-        digest = hashlib.sha256(f"{java}:{java.stat().st_mtime_ns}:{_pyspark_home()}".encode())
-        for jar in sorted((Path(_pyspark_home()) / "jars").glob("*.jar")):
+        java, pyspark_home = (java_home() / "bin" / "java").resolve(), _pyspark_home()
+        digest = hashlib.sha256(f"{java}:{java.stat().st_mtime_ns}:{pyspark_home}".encode())
+        for jar in sorted((Path(pyspark_home) / "jars").glob("*.jar")):
             stat = jar.stat()
             digest.update(f"{jar.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
         return self.cache / self.version / f"driver-classes-{digest.hexdigest()[:12]}.jsa"
@@ -76,7 +74,7 @@ class SparkService(Service):
         """Once per JVM and pyspark install: a small Spark session (DataFrames, SQL, Parquet, CSV, ML), its driver
         JVM told to archive the classes it loaded (JDK AppCDS). Every Spark driver after starts from it
         (``SparkSettings.class_archive``). A failed dump only costs that: it is said and provisioning goes on.
-        Archives of other installs beyond the newest two are deleted (each is ~150 MB)."""
+        Archives of other installs beyond the newest two are deleted (each is ~180 MB)."""
         archive = self.class_archive
         if archive.exists():
             return
@@ -86,22 +84,12 @@ class SparkService(Service):
             if archive.exists():
                 return
             progress(self.name, "dumping the Spark driver's class-data archive (once per JVM and pyspark, ~30 s)…")
-            dumping = archive.with_name(f"{archive.name}.{uuid.uuid4().hex[:8]}.tmp")
-            try:
-                with tempfile.TemporaryDirectory(prefix="btc-spark-classes-") as scratch:
-                    run_logged([sys.executable, "-m", "btc_localstack.spark", str(dumping),
-                                ",".join(str(jar) for jar in self.jars())],
-                               archive.parent / "class-archive.log", component=self.name, step="class-data archive",
-                               cwd=Path(scratch), timeout=600)
-                if not dumping.exists():
-                    raise StackError(f"{self.name}: the driver JVM wrote no archive; see "
-                                     f"{archive.parent / 'class-archive.log'}")
-                dumping.replace(archive)
-            except StackError as error:
-                progress(self.name, f"no class-data archive (Spark sessions start a few seconds slower): {error}")
+            jars = ",".join(str(jar) for jar in self.jars())
+            if not dump_class_archive(archive, lambda dumping, _: [sys.executable, "-m", "btc_localstack.spark",
+                                                                   str(dumping), jars],
+                                      component=self.name, log_path=archive.parent / "class-archive.log",
+                                      without="Spark sessions start a few seconds slower", timeout=600):
                 return
-            finally:
-                dumping.unlink(missing_ok=True)
             others = sorted((path for path in archive.parent.glob("driver-classes-*.jsa") if path != archive),
                             key=lambda path: path.stat().st_mtime, reverse=True)
             for stale in others[1:]:
@@ -133,7 +121,8 @@ class SparkService(Service):
 
     def env(self) -> dict[str, str]:
         try:
-            archive = str(self.class_archive) if self.class_archive.exists() else ""
+            archive = self.class_archive  # hashes pyspark's jars' stats: once
+            archive = str(archive) if archive.exists() else ""
         except (JavaError, OSError):  # no JDK (the stack's own start says so): no archive to name
             archive = ""
         return {"BTC_SPARK_MASTER": self.master(),
@@ -142,7 +131,7 @@ class SparkService(Service):
                 "BTC_SPARK_CLASS_ARCHIVE": archive}
 
 
-def dump_class_archive(dumping: str, jars: str) -> None:
+def class_archive_workload(dumping: str, jars: str) -> None:
     """The work whose classes the archive holds: what the pipeline's sessions do first (Arrow DataFrames from
     pandas, windows and aggregations, Parquet and CSV, the ML models, the Kafka source's lookup). The driver JVM
     writes the archive when it exits."""
@@ -182,7 +171,7 @@ def dump_class_archive(dumping: str, jars: str) -> None:
 
 
 if __name__ == "__main__":
-    dump_class_archive(sys.argv[1], sys.argv[2])
+    class_archive_workload(sys.argv[1], sys.argv[2])
 
 
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"

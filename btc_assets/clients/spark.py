@@ -69,13 +69,11 @@ class SparkSettings:
                 conf["spark.cores.max"] = self.cores_max
         if self.python:
             conf["spark.pyspark.python"] = self.python
-        java_options = self.driver_java_options.strip()
-        if java_options.lower() == "none":
-            java_options = ""
         # The archive's options before the user's, so a user's -Xshare or -Xlog wins.
-        java_options = " ".join([*class_archive_opts(self.class_archive), *([java_options] if java_options else [])])
+        users = self.driver_java_options.strip()
+        java_options = class_archive_opts(self.class_archive) + ([users] if users and users.lower() != "none" else [])
         if java_options:
-            conf["spark.driver.extraJavaOptions"] = java_options
+            conf["spark.driver.extraJavaOptions"] = " ".join(java_options)
         conf.update(self.extra)
         return conf
 

@@ -12,6 +12,7 @@ import dagster as dg
 import psutil
 
 from btc_assets.clients.storage import Storage
+from btc_assets_tests.stream.helpers import wait_for
 from btc_localstack.base import REPO_ROOT
 from btc_testkit import history_emulator
 
@@ -55,18 +56,14 @@ def test_cancelling_a_running_minute_bars_run_kills_the_job_and_writes_nothing(s
         time.sleep(0.2)
     assert jvms, "the MapReduce JVM never started"
     # Let the job get going: its staging output exists once the job is set up and its map tasks start.
-    while time.monotonic() < deadline and not fs.exists(bars_dir + "._tmp"):
-        time.sleep(0.05)
-    assert fs.exists(bars_dir + "._tmp"), "the job never began its staging output"
+    wait_for(lambda: fs.exists(bars_dir + "._tmp"), 120, "the job's staging output begun", interval=0.05)
     # The whole day takes the job ~3 s, so a cancel sent now could arrive after it finished. Freeze the JVM
     # (not its mapper processes) so the job is still running, however slowly the cancel travels; the runner's
     # SIGKILL ends a stopped JVM as it ends a running one.
     for jvm in jvms:
         jvm.suspend()
-    frozen_by = time.monotonic() + 10
-    while time.monotonic() < frozen_by and not all(jvm.status() == psutil.STATUS_STOPPED for jvm in jvms):
-        time.sleep(0.05)
-    assert all(jvm.status() == psutil.STATUS_STOPPED for jvm in jvms), "the job finished before it was frozen"
+    wait_for(lambda: all(jvm.status() == psutil.STATUS_STOPPED for jvm in jvms), 10,
+             "the MapReduce JVM frozen (not finished before it)", interval=0.05)
     assert run.poll() is None and not fs.exists(bars_dir), "the job finished before it could be cancelled"
     # Cancel as Dagster does: an interrupt.
     run.send_signal(signal.SIGINT)
