@@ -19,6 +19,8 @@ from btc_assets_tests.platform.test_definitions import EVERY_ASSET
 from btc_localstack.base import StackError
 from btc_localstack.dagster import graphql
 
+pytestmark = pytest.mark.beside_the_live_stream  # run in the supervision test's healthy window: conftest.py
+
 LATEST_METADATA = """
 query($path: [String!]!, $partition: String!) {
   assetOrError(assetKey: {path: $path}) {

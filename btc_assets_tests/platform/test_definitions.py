@@ -12,6 +12,8 @@ import pytest
 from btc_assets.definitions import defs as load_definitions
 from btc_localstack.base import REPO_ROOT
 
+pytestmark = pytest.mark.beside_the_live_stream  # run in the supervision test's healthy window: conftest.py
+
 PLATFORM_ASSETS = {"trade_topics", "influx_bucket"}
 EVERY_ASSET = PLATFORM_ASSETS | {"raw_trades", "exchange_klines", "minute_bars", "live_trades", "live_bars", "training_set",
                                  "lr_model", "rf_model", "gbt_model", "persistence_model",

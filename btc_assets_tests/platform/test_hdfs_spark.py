@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import textwrap
 
+import pytest
+
 from btc_assets.clients.hadoop_streaming import StreamingJob
 from btc_assets.clients.storage import StorageError
+
+pytestmark = pytest.mark.beside_the_live_stream  # run in the supervision test's healthy window: conftest.py
 
 
 def test_storage_write_then_spark_reads_hdfs(resources, spark, unique):

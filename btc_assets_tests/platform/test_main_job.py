@@ -66,7 +66,7 @@ class LiveDemo:
     failure: str | None = None  # what went wrong in a demo run, if anything
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")  # tests of other modules run beside the live stream: conftest.py
 def live_demo(stack):
     """The demo run twice, under supervision from the moment the first run's live path is up: then the stack's
     health sensor and prediction schedule are switched on (as `btc-pipeline ui --supervise on` does), so the
@@ -236,9 +236,10 @@ def emulator_control(path: str, method: str = "GET") -> dict:
 
 def test_daemon_supervises_the_live_stream(live_demo, stack, resources, browser):
     """Under the stack's daemon, with the health sensor and the prediction schedule switched on (by the fixture,
-    before the second demo run): 5 healthy minutes with no restart (the second demo run and the five-day backfill
-    test among them), checks green, predictions written; then the Spark job and the producer SIGKILLed together,
-    each restarted by a run the sensor requested; every trade the emulator made in InfluxDB exactly once."""
+    before the second demo run): 5 healthy minutes with no restart (the second demo run, the five-day backfill test
+    and the platform tests marked ``beside_the_live_stream`` among them: conftest.py), checks green, predictions
+    written; then the Spark job and the producer SIGKILLed together, each restarted by a run the sensor requested;
+    every trade the emulator made in InfluxDB exactly once."""
     from btc_assets import config
     from btc_assets.contracts import schema
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import time
 
 import dagster as dg
+import pytest
 
 from btc_assets.defs.history.assets import exchange_klines, raw_trades
 from btc_assets.defs.resources import build_resources
 from btc_localstack.dagster import graphql
+
+pytestmark = pytest.mark.beside_the_live_stream  # run in the supervision test's healthy window: conftest.py
 
 DAY = time.strftime("%Y-%m-%d", time.gmtime(time.time() - 5 * 86_400))  # inside the UI's default 90-day window
 
