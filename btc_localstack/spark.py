@@ -74,9 +74,10 @@ class SparkService(Service):
         """Once per JVM and pyspark install: a small Spark session (DataFrames, SQL, Parquet, CSV, ML), its driver
         JVM told to archive the classes it loaded (JDK AppCDS). Every Spark driver after starts from it
         (``SparkSettings.class_archive``). A failed dump only costs that: it is said and provisioning goes on.
-        Archives of other installs beyond the newest two are deleted (each is ~180 MB)."""
+        Archives of installs that are gone are deleted (``prune_class_archives``)."""
         archive = self.class_archive
         if archive.exists():
+            _record_home(archive)  # archives dumped before the .home files were written get theirs
             return
         archive.parent.mkdir(parents=True, exist_ok=True)
         with open(archive.parent / "class-archive.lock", "w") as lock:
@@ -90,10 +91,8 @@ class SparkService(Service):
                                       component=self.name, log_path=archive.parent / "class-archive.log",
                                       without="Spark sessions start a few seconds slower", timeout=600):
                 return
-            others = sorted((path for path in archive.parent.glob("driver-classes-*.jsa") if path != archive),
-                            key=lambda path: path.stat().st_mtime, reverse=True)
-            for stale in others[1:]:
-                stale.unlink(missing_ok=True)
+            _record_home(archive)
+            prune_class_archives(archive)
 
     def jars(self) -> list[Path]:
         """The connector jars pyspark lacks. Maven also resolves Spark's own transitive jars (Scala,
@@ -129,6 +128,35 @@ class SparkService(Service):
                 "BTC_SPARK_JARS": ",".join(str(jar) for jar in self.jars()),
                 "BTC_SPARK_PACKAGES": "",
                 "BTC_SPARK_CLASS_ARCHIVE": archive}
+
+
+def _record_home(archive: Path) -> None:
+    """Beside the archive: the pyspark install it was dumped from (``prune_class_archives`` reads it)."""
+    home = Path(f"{archive}.home")
+    if not home.exists():
+        home.write_text(_pyspark_home())
+
+
+def prune_class_archives(keep: Path, others_kept: int = 3) -> list[Path]:
+    """Deletes the driver archives beside ``keep`` whose pyspark install is gone (a deleted venv or checkout: the
+    ``.home`` file beside each names it), and of the live ones all but the newest ``others_kept`` (each is
+    ~180 MB). Another checkout's venv keeps its archive, so going back to it dumps nothing again. The deleted
+    archives, for the record."""
+    live, gone = [], []
+    for path in keep.parent.glob("driver-classes-*.jsa"):
+        if path == keep:
+            continue
+        try:
+            home = Path(f"{path}.home").read_text().strip()
+        except OSError:
+            home = ""
+        (live if home and (Path(home) / "jars").is_dir() else gone).append(path)
+    live.sort(key=lambda path: path.stat().st_mtime, reverse=True)
+    deleted = gone + live[others_kept:]
+    for path in deleted:
+        path.unlink(missing_ok=True)
+        Path(f"{path}.home").unlink(missing_ok=True)
+    return deleted
 
 
 def class_archive_workload(dumping: str, jars: str) -> None:

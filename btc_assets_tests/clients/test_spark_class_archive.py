@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from btc_assets.clients.spark import SparkSettings
@@ -49,3 +50,29 @@ def test_the_archive_options_come_before_the_users_and_only_for_a_real_file(tmp_
     assert options.startswith(f"-XX:SharedArchiveFile={archive} -Xshare:auto") and options.endswith(" -XX:+UseParallelGC")
     assert SparkSettings(class_archive=str(archive), driver_java_options="none").conf()[
         "spark.driver.extraJavaOptions"].startswith("-XX:SharedArchiveFile=")
+
+
+def test_archives_of_pyspark_installs_that_are_gone_are_deleted_and_live_ones_kept(tmp_path):
+    from btc_localstack.spark import prune_class_archives
+
+    cache = tmp_path / "spark-4.2.0"
+    cache.mkdir()
+    venv = tmp_path / "checkout" / "pyspark"  # a pyspark install that still exists
+    (venv / "jars").mkdir(parents=True)
+
+    def archive(name: str, home: Path | None, age: float) -> Path:
+        path = cache / f"driver-classes-{name}.jsa"
+        path.write_bytes(b"archive")
+        if home is not None:
+            Path(f"{path}.home").write_text(str(home))
+        os.utime(path, (time.time() - age, time.time() - age))
+        return path
+
+    keep = archive("current", venv, 0)
+    live = [archive(f"live{index}", venv, 10 * (index + 1)) for index in range(4)]  # the newest first
+    gone = archive("gone", tmp_path / "deleted-checkout" / "pyspark", 1)  # its venv was deleted
+    unnamed = archive("unnamed", None, 1)  # dumped before the .home files: its install is unknown
+    deleted = prune_class_archives(keep)
+    assert set(deleted) == {gone, unnamed, live[3]}  # and of the live ones, the newest 3 beside the current stay
+    assert keep.exists() and all(path.exists() for path in live[:3])
+    assert not gone.exists() and not Path(f"{gone}.home").exists() and not live[3].exists()
