@@ -130,9 +130,14 @@ class SparkService(Service):
                 "BTC_SPARK_CLASS_ARCHIVE": archive}
 
 
+def _home_file(archive: Path) -> Path:
+    """Beside the archive: the file naming the pyspark install it was dumped from."""
+    return Path(f"{archive}.home")
+
+
 def _record_home(archive: Path) -> None:
-    """Beside the archive: the pyspark install it was dumped from (``prune_class_archives`` reads it)."""
-    home = Path(f"{archive}.home")
+    """Writes the archive's ``.home`` file (``prune_class_archives`` reads it)."""
+    home = _home_file(archive)
     if not home.exists():
         home.write_text(_pyspark_home())
 
@@ -147,7 +152,7 @@ def prune_class_archives(keep: Path, others_kept: int = 3) -> list[Path]:
         if path == keep:
             continue
         try:
-            home = Path(f"{path}.home").read_text().strip()
+            home = _home_file(path).read_text().strip()
         except OSError:
             home = ""
         (live if home and (Path(home) / "jars").is_dir() else gone).append(path)
@@ -155,7 +160,7 @@ def prune_class_archives(keep: Path, others_kept: int = 3) -> list[Path]:
     deleted = gone + live[others_kept:]
     for path in deleted:
         path.unlink(missing_ok=True)
-        Path(f"{path}.home").unlink(missing_ok=True)
+        _home_file(path).unlink(missing_ok=True)
     return deleted
 
 

@@ -37,7 +37,7 @@ from btc_testkit.binance_emulator import BinanceEmulator
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 RATE = 1_000  # trades per second, both symbols together
-BROKER_DOWN_S = 30  # about twice the longest failover gap measured (12.6-15.6 s), so a stall shows
+BROKER_DOWN_S = 30  # about twice the longest failover gap measured (12.6-15.9 s), so a stall shows
 FAILOVER_TARGET_S = 30
 
 
