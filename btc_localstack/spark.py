@@ -12,10 +12,12 @@ import fcntl
 import hashlib
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
 from btc_assets.clients.jvm import JavaError, java_home
+from btc_assets.clients.spark import SPARK_HOME_MARKER
 
 from .base import REPO_ROOT, ManagedProcess, Service, dump_class_archive, ensure_port_free, maven_resolve, progress
 
@@ -59,31 +61,37 @@ class SparkService(Service):
         self._dump_class_archive()
 
     @property
+    def spark_home(self) -> Path:
+        """Where Spark drivers of the local stack find Spark (their ``SPARK_HOME``): pyspark's ``bin``, ``sbin`` and
+        ``jars`` linked into the cache, once per pyspark build (its version, and its jars' names and sizes). The JVM
+        checks a class-data archive against the paths and times of the jars it was dumped with: pyspark's own
+        jars are in each venv, with the times of each install, so every new venv (every fresh checkout, every CI
+        run) dumped the archive again (~30 s). From here, one archive serves every venv of that pyspark."""
+        return spark_home_path(self.cache / self.version, Path(_pyspark_home()), self.version)
+
+    @property
     def class_archive(self) -> Path:
-        """The Spark drivers' class-data sharing archive (``BTC_SPARK_CLASS_ARCHIVE``), named after what the JVM
-        checks it against: the JVM, and pyspark's jars (where they are, their sizes and times). Another venv or
-        another JDK gets an archive of its own."""
-        java, pyspark_home = (java_home() / "bin" / "java").resolve(), _pyspark_home()
-        digest = hashlib.sha256(f"{java}:{java.stat().st_mtime_ns}:{pyspark_home}".encode())
-        for jar in sorted((Path(pyspark_home) / "jars").glob("*.jar")):
-            stat = jar.stat()
-            digest.update(f"{jar.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-        return self.cache / self.version / f"driver-classes-{digest.hexdigest()[:12]}.jsa"
+        """The Spark drivers' class-data sharing archive (``BTC_SPARK_CLASS_ARCHIVE``), in ``spark_home`` (drivers
+        given it run from there, ``spark_home_of``) and named after the JVM it was dumped by."""
+        java = (java_home() / "bin" / "java").resolve()
+        digest = hashlib.sha256(f"{java}:{java.stat().st_mtime_ns}".encode()).hexdigest()[:12]
+        return self.spark_home / f"driver-classes-{digest}.jsa"
 
     def _dump_class_archive(self) -> None:
-        """Once per JVM and pyspark install: a small Spark session (DataFrames, SQL, Parquet, CSV, ML), its driver
+        """Once per JVM and pyspark build: a small Spark session (DataFrames, SQL, Parquet, CSV, ML), its driver
         JVM told to archive the classes it loaded (JDK AppCDS). Every Spark driver after starts from it
         (``SparkSettings.class_archive``). A failed dump only costs that: it is said and provisioning goes on.
-        Archives of installs that are gone are deleted (``prune_class_archives``)."""
+        The homes of other pyspark builds beyond the newest few are deleted (``prune_spark_homes``)."""
         archive = self.class_archive
         if archive.exists():
-            _record_home(archive)  # archives dumped before the .home files were written get theirs
+            os.utime(archive.parent)  # in use: the last one prune_spark_homes deletes
             return
-        archive.parent.mkdir(parents=True, exist_ok=True)
-        with open(archive.parent / "class-archive.lock", "w") as lock:
+        archive.parent.parent.mkdir(parents=True, exist_ok=True)
+        with open(archive.parent.parent / "class-archive.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # the cluster topology's two Spark services provision at once
             if archive.exists():
                 return
+            home = link_spark_home(Path(_pyspark_home()), archive.parent, self.version)
             progress(self.name, "dumping the Spark driver's class-data archive (once per JVM and pyspark, ~30 s)…")
             jars = ",".join(str(jar) for jar in self.jars())
             if not dump_class_archive(archive, lambda dumping, _: [sys.executable, "-m", "btc_localstack.spark",
@@ -91,8 +99,7 @@ class SparkService(Service):
                                       component=self.name, log_path=archive.parent / "class-archive.log",
                                       without="Spark sessions start a few seconds slower", timeout=600):
                 return
-            _record_home(archive)
-            prune_class_archives(archive)
+            prune_spark_homes(home)
 
     def jars(self) -> list[Path]:
         """The connector jars pyspark lacks. Maven also resolves Spark's own transitive jars (Scala,
@@ -120,7 +127,7 @@ class SparkService(Service):
 
     def env(self) -> dict[str, str]:
         try:
-            archive = self.class_archive  # hashes pyspark's jars' stats: once
+            archive = self.class_archive  # stats pyspark's jars: once
             archive = str(archive) if archive.exists() else ""
         except (JavaError, OSError):  # no JDK (the stack's own start says so): no archive to name
             archive = ""
@@ -130,44 +137,58 @@ class SparkService(Service):
                 "BTC_SPARK_CLASS_ARCHIVE": archive}
 
 
-def _home_file(archive: Path) -> Path:
-    """Beside the archive: the file naming the pyspark install it was dumped from."""
-    return Path(f"{archive}.home")
+def spark_home_path(cache: Path, pyspark_home: Path, version: str) -> Path:
+    """``SparkService.spark_home`` in ``cache`` for the pyspark installed at ``pyspark_home``: named after the build
+    (the version, the jars' names and sizes), not the install's path or times."""
+    digest = hashlib.sha256(version.encode())
+    for jar in sorted((pyspark_home / "jars").glob("*.jar")):
+        digest.update(f"{jar.name}:{jar.stat().st_size}".encode())
+    return cache / f"home-{digest.hexdigest()[:12]}"
 
 
-def _record_home(archive: Path) -> None:
-    """Writes the archive's ``.home`` file (``prune_class_archives`` reads it)."""
-    home = _home_file(archive)
-    if not home.exists():
-        home.write_text(_pyspark_home())
+def link_spark_home(pyspark_home: Path, home: Path, version: str) -> Path:
+    """Makes ``home`` a Spark home of this pyspark (``SparkService.spark_home``): its ``bin``, ``sbin`` and ``jars``
+    hard-linked (copied across file systems), and the version in ``SPARK_HOME_MARKER`` (``spark_home_of`` reads
+    it). Built beside and renamed into place, so a killed link leaves no half home. Nothing to do if it is there."""
+    if (home / SPARK_HOME_MARKER).exists():
+        return home
+    partial = home.with_name(f"{home.name}.{os.getpid()}.tmp")
+    shutil.rmtree(partial, ignore_errors=True)
+    for part in ("bin", "sbin", "jars"):
+        if (pyspark_home / part).is_dir():
+            shutil.copytree(pyspark_home / part, partial / part, copy_function=_link_or_copy)
+    (partial / SPARK_HOME_MARKER).write_text(version)
+    shutil.rmtree(home, ignore_errors=True)  # a home without its marker: an older layout's leftovers
+    partial.rename(home)
+    return home
 
 
-def prune_class_archives(keep: Path, others_kept: int = 3) -> list[Path]:
-    """Deletes the driver archives beside ``keep`` whose pyspark install is gone (a deleted venv or checkout: the
-    ``.home`` file beside each names it), and of the live ones all but the newest ``others_kept`` (each is
-    ~180 MB). Another checkout's venv keeps its archive, so going back to it dumps nothing again. The deleted
-    archives, for the record."""
-    live, gone = [], []
-    for path in keep.parent.glob("driver-classes-*.jsa"):
-        if path == keep:
-            continue
-        try:
-            home = _home_file(path).read_text().strip()
-        except OSError:
-            home = ""
-        (live if home and (Path(home) / "jars").is_dir() else gone).append(path)
-    live.sort(key=lambda path: path.stat().st_mtime, reverse=True)
-    deleted = gone + live[others_kept:]
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system
+        shutil.copy2(source, target)
+
+
+def prune_spark_homes(keep: Path, others_kept: int = 2) -> list[Path]:
+    """Deletes the Spark homes (with their archives) of other pyspark builds in the cache, all but the ``others_kept``
+    used last (each is ~0.5 GB once its venv is gone, ~0.2 GB while it is there), and the archives of the layout
+    before homes (one per venv, beside them). What it deleted, for the record."""
+    versions = keep.parent.parent
+    homes = sorted((path for path in versions.glob("*/home-*") if path.is_dir() and path != keep
+                    and not path.name.endswith(".tmp")), key=lambda path: path.stat().st_mtime, reverse=True)
+    legacy = [path for path in versions.glob("*/driver-classes-*.jsa*") if path.is_file()]
+    deleted = homes[others_kept:] + legacy
     for path in deleted:
-        path.unlink(missing_ok=True)
-        _home_file(path).unlink(missing_ok=True)
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     return deleted
 
 
 def class_archive_workload(dumping: str, jars: str) -> None:
     """The work whose classes the archive holds: what the pipeline's sessions do first (Arrow DataFrames from
     pandas, windows and aggregations, Parquet and CSV, the ML models, the Kafka source's lookup). The driver JVM
-    writes the archive when it exits."""
+    runs from the Spark home the archive is dumped into and writes the archive when it exits."""
+    os.environ["SPARK_HOME"] = str(Path(dumping).parent)
     import pandas as pd
     from pyspark.ml.feature import VectorAssembler
     from pyspark.ml.regression import GBTRegressor, LinearRegression, RandomForestRegressor

@@ -13,6 +13,9 @@ from pathlib import Path
 
 from btc_assets.clients.jvm import HDFS_CLIENT_CONF, class_archive_opts
 
+# In a Spark home the local stack made for a pyspark build (btc_localstack.spark.link_spark_home): its version.
+SPARK_HOME_MARKER = ".pyspark-version"
+
 
 @dataclass(frozen=True)
 class SparkSettings:
@@ -96,9 +99,30 @@ def project_archive() -> Path:
     return target
 
 
+def spark_home_of(archive: str | Path | None) -> Path | None:
+    """The Spark home a driver archive was dumped from when the local stack made it for this very pyspark
+    (``SPARK_HOME_MARKER`` beside the archive): the archive maps only with that home's jars on the classpath."""
+    import pyspark
+
+    if not archive:
+        return None
+    home = Path(archive).parent
+    try:
+        made_for = (home / SPARK_HOME_MARKER).read_text().strip()
+    except OSError:
+        return None
+    return home if made_for == pyspark.__version__ and (home / "bin" / "spark-submit").is_file() else None
+
+
 def build_session(settings: SparkSettings):
     """Get or create the process's SparkSession with these settings."""
     from pyspark.sql import SparkSession
+
+    # The driver runs from the Spark home its class-data archive was dumped from (the same pyspark's jars at a
+    # path that outlives venvs), unless SPARK_HOME names another Spark: then the JVM ignores the archive.
+    home = spark_home_of(settings.class_archive)
+    if home is not None:
+        os.environ.setdefault("SPARK_HOME", str(home))
 
     # pyspark takes the executors' Python from PYSPARK_PYTHON when the context starts (not from
     # spark.pyspark.python): BTC_SPARK_PYTHON if set; in local mode this interpreter's environment (XGBoost's
