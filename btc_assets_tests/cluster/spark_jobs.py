@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
 
     storage = StorageResource(filesystem_url=args.hdfs_url, webhdfs_url=args.webhdfs_url, root=args.root)
     spark = SparkResource(master=args.master, hdfs_url=args.hdfs_url, jars=os.environ.get("BTC_SPARK_JARS", ""),
-                          driver_memory="1g", python=args.python, cores_max="2")
+                          driver_memory="1g", python=args.python, cores_max="2",
+                          class_archive=os.environ.get("BTC_SPARK_CLASS_ARCHIVE", ""))
     influx = InfluxResource(url=args.influx_url, org=args.influx_org, bucket=args.bucket,
                             write_token=os.environ["BTC_INFLUX_WRITE_TOKEN"],
                             read_token=os.environ["BTC_INFLUX_READ_TOKEN"])
