@@ -94,7 +94,7 @@ SETTINGS: tuple[Setting, ...] = (
             "it offers; the streaming job holds its cores for as long as it runs)"),
     Setting("BTC_SPARK_CLASS_ARCHIVE", "", "a JDK class-data sharing archive (`-XX:SharedArchiveFile`) of Spark's "
             "classes that every Spark driver JVM starts from (a session starts ~40 % sooner here: "
-            "`bench/spark_start_bench.py`); the local stack dumps one into its cache for its JVM and pyspark"),
+            "`bench/spark_start_bench.py`); the local stack dumps one into a Spark home in its cache (one per pyspark build), which drivers given the archive then run from unless `SPARK_HOME` is set"),
     Setting("BTC_SPARK_DRIVER_JAVA_OPTIONS", "none",
             "the batch Spark sessions' driver JVM options (training, predictions, the training set; "
             "`spark.driver.extraJavaOptions`, replacing spark-defaults.conf's; in local mode the driver runs the "
