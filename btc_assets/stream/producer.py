@@ -354,6 +354,29 @@ def last_events_in_kafka(bootstrap_servers: str, topics: dict[str, str], timeout
 
 _END = object()  # put on the queue once the feed has stopped: the sink drains up to it and ends
 
+# How long a sink that found the queue empty waits before it blocks on it. A blocked sink is woken by every
+# message the feed puts (a futex wake, then the GIL handed between two threads on two cores): when the sink is
+# the faster of the two, that hand-over per trade was over 40 % of the producer's CPU (33.5 -> 19.1 us of CPU a
+# trade). After the nap it finds the tens of messages that arrived meanwhile and takes them without a wake-up; a
+# message that arrives during the nap waits at most this long. Measured: ~31,000 -> ~51,000 trades/s alone
+# (README, Live-path benchmark).
+SINK_NAP_S = 0.0005
+
+
+def next_message(messages: queue.Queue, nap_s: float = SINK_NAP_S):
+    """The queue's next item: at once if there is one, else after a nap of ``nap_s``, else when one is put."""
+    try:
+        return messages.get_nowait()
+    except queue.Empty:
+        pass
+    if nap_s > 0:
+        time.sleep(nap_s)
+        try:
+            return messages.get_nowait()
+        except queue.Empty:
+            pass
+    return messages.get()
+
 
 class KafkaTradeSink:
     """Messages from the queue to Kafka: checked, in id order per symbol, gaps backfilled, DLQ for the rest."""
@@ -375,7 +398,7 @@ class KafkaTradeSink:
 
     def run(self) -> None:
         while True:
-            message = self.messages.get()
+            message = next_message(self.messages, SINK_NAP_S)
             if message is _END:
                 return
             try:

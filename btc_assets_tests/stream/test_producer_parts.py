@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import queue
+import threading
 import time
 
 import pytest
@@ -11,8 +13,8 @@ import requests
 from btc_assets.contracts import schema
 from btc_assets.contracts.schema import MalformedTrade
 from btc_testkit.binance_emulator import BinanceEmulator, parse_streams, websocket_accept
-from btc_assets.stream.producer import (Backoff, event_from_historical_trade, is_server_shutdown, split_message,
-                                        stream_url)
+from btc_assets.stream.producer import (SINK_NAP_S, Backoff, event_from_historical_trade, is_server_shutdown,
+                                        next_message, split_message, stream_url)
 
 TRADE = (b'{"e":"trade","E":1743465600125,"s":"BTCUSDT","t":4711,"p":"82345.67000000",'
          b'"q":"0.00150000","T":1743465600121,"m":true,"M":true}')
@@ -200,3 +202,45 @@ def test_emulator_makes_no_trade_once_pause_returns():
         finally:
             reading.clear()
             client.close()
+
+
+class _CountingQueue(queue.Queue):
+    """A real queue that counts the takes that found an item at once and the ones that waited for a put."""
+
+    def __init__(self, maxsize: int):
+        super().__init__(maxsize)
+        self.at_once = self.waited = 0
+
+    def get(self, block=True, timeout=None):
+        if block:
+            self.waited += 1
+        item = super().get(block, timeout)
+        self.at_once += not block
+        return item
+
+
+@pytest.mark.parametrize("nap_s", [SINK_NAP_S, 0.0])
+def test_the_sink_takes_every_message_once_in_order_from_bursts_gaps_and_a_full_queue(nap_s):
+    """The sink's take (a nap on an empty queue before it blocks, so a fast feed does not wake it per message) loses,
+    repeats and reorders nothing, whether the message was queued, arrived during the nap or after a longer wait."""
+    messages = _CountingQueue(maxsize=300)  # smaller than a burst: the feed waits on a full queue too
+    end = object()
+    sent = list(range(30_000))
+
+    def feed() -> None:
+        for burst, start in enumerate(range(0, len(sent), 1000)):
+            for index in range(start, start + 1000):
+                messages.put(sent[index])
+                if index % 97 == 0:
+                    time.sleep(0.0001)  # shorter than the nap: arrives while the sink naps
+            time.sleep(0.01 if burst % 3 == 0 else 0.0)  # longer than the nap: the sink blocks on the queue
+        messages.put(end)
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    taken = []
+    while (item := next_message(messages, nap_s)) is not end:
+        taken.append(item)
+    feeder.join(10)
+    assert taken == sent
+    assert messages.at_once > 0 and messages.waited > 0  # both ways of taking were exercised
