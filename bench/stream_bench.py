@@ -13,7 +13,8 @@ emulator's control endpoint sets the rate and pauses it between phases.
     pipeline kept up instead of building a backlog). At the end every trade id must be in InfluxDB
     exactly once.
 The reference in the same script is the emulator's own send rate (what Binance would deliver):
-the ratio printed is landed/sent throughput.
+the ratio printed is landed/sent throughput. Each service logs to a temporary directory: a run that failed
+prints where it is and keeps it, a run that passed deletes it (``--stage predictions`` keeps its probe data there).
 
 ``--stage spark`` measures the Spark job into InfluxDB alone, at its own ceiling: ``--backlog`` generated
 trades (one day's slice of the trade generator, as WebSocket events) are written to the topic directly
@@ -47,6 +48,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -123,12 +125,14 @@ class LatencyProbe(threading.Thread):
 class Services:
     """The emulator, the producer and the Spark job as separate processes, as they run for real."""
 
-    def __init__(self, run: str, bucket: str, port: int, symbols: tuple[str, ...] = (SYMBOL,)):
+    def __init__(self, run: str, bucket: str, port: int, symbols: tuple[str, ...] = (SYMBOL,),
+                 logs: Path | None = None):
         self.run, self.port, self.template = run, port, "{symbol}-TRADES-bench-" + run
         self.root = f"/btc-bench/stream-{run}"
         self.env = dict(os.environ, BTC_SYMBOLS=",".join(symbols), BTC_KAFKA_TOPIC_TEMPLATE=self.template,
                         BTC_INFLUX_BUCKET=bucket, BTC_STORAGE_ROOT=self.root)
-        self.logs = Path(tempfile.mkdtemp(prefix="btc-stream-bench-"))
+        self.logs = logs or Path(tempfile.mkdtemp(prefix="btc-stream-bench-"))
+        self.logs.mkdir(parents=True, exist_ok=True)
         self.processes: list[subprocess.Popen] = []
 
     def start(self, name: str, *args: str) -> None:
@@ -139,7 +143,14 @@ class Services:
     def fresh(self, suffix: str) -> Services:
         """Services of their own topic and storage root, writing to the same bucket."""
         return Services(f"{self.run}-{suffix}", self.env["BTC_INFLUX_BUCKET"], self.port,
-                        tuple(self.env["BTC_SYMBOLS"].split(",")))
+                        tuple(self.env["BTC_SYMBOLS"].split(",")), logs=self.logs / suffix)
+
+    def keep_logs_if(self, failed: bool) -> None:
+        """A failed run keeps its services' logs (their place printed); a run that passed leaves nothing behind."""
+        if failed:
+            print(f"the services' logs: {self.logs}", file=sys.stderr)
+        else:
+            shutil.rmtree(self.logs, ignore_errors=True)
 
     def control(self, command: str, **query) -> dict:
         url = f"http://127.0.0.1:{self.port}/control/{command}"
@@ -670,12 +681,15 @@ def main() -> int:
     if args.stage in ("spark", "producer", "batches", "clients"):
         stage = {"spark": spark_stage, "producer": producer_stage, "batches": batches_stage,
                  "clients": clients_stage}[args.stage]
+        code = 1
         try:
-            return stage(args, reader, services)
+            code = stage(args, reader, services)
+            return code
         finally:
             services.stop()
             admin.client.buckets_api().delete_bucket(bucket_id)
-    results = []
+            services.keep_logs_if(code != 0)
+    results, measured = [], False
     try:
         services.start("spark-job", "btc_assets.stream.spark_job", "--log-level", "WARNING")
         if not spark_job_beating(reader):
@@ -698,9 +712,12 @@ def main() -> int:
             results.append(run_phase(services, reader, rate, args.seconds, args.slack))
         points, distinct = count_ids(reader)
         total_sent = services.sent()
+        measured = True
     finally:
         services.stop()
         admin.client.buckets_api().delete_bucket(bucket_id)
+        if not measured:  # failed, or stopped early: the logs say why
+            services.keep_logs_if(True)
     print("\n| target rate (trades/s) | sent | sent/s | landed | landed/s | kept up | p50 | p99 |")
     print("|---|---|---|---|---|---|---|---|")
     for result in results:
@@ -714,6 +731,7 @@ def main() -> int:
     print(f"sustained with zero loss: {max(sustained):,.0f} trades/s (ratio landed/sent in the same run: "
           f"{max(r['throughput'] / r['sent_per_s'] for r in results if r['complete']):.2f})"
           if sustained else "no rate sustained")
+    services.keep_logs_if(not exactly_once)
     return 0 if exactly_once else 1
 
 
