@@ -206,9 +206,12 @@ class LandingCurve(threading.Thread):
 
 def steady_rate(curve: list[tuple[float, int]], total: int, low: float = 0.1, high: float = 0.9) -> float:
     """Trades/s between the first looks that found ``low`` and ``high`` of ``total`` landed: the rate once started,
-    before the tail (the start-up of the producer, the JIT's warm-up and the last micro-batch left out)."""
-    start = next(point for point in curve if point[1] >= low * total)
-    end = next(point for point in curve if point[1] >= high * total)
+    before the tail (the start-up of the producer, the JIT's warm-up and the last micro-batch left out). 0 when the
+    looks never found ``high`` of them (the curve timed out, though the trades may have landed after it)."""
+    start = next((point for point in curve if point[1] >= low * total), None)
+    end = next((point for point in curve if point[1] >= high * total), None)
+    if start is None or end is None:
+        return 0.0
     return (end[1] - start[1]) / max(end[0] - start[0], 1e-9)
 
 
