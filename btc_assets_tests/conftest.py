@@ -55,11 +55,12 @@ def pytest_configure(config):  # noqa: ARG001 - pytest's hook signature
     for name, port in TEST_PORTS.items():
         os.environ.setdefault(name, str(port))
     os.environ["BTC_BINANCE_HISTORY_URL"] = f"http://127.0.0.1:{TEST_HISTORY_PORT}"
-    # The suite's daemon judges the live stream faster than the default 120 s (heartbeats come every 5 s), so a
-    # killed component is restarted within the 3 minutes the supervision test allows.
-    os.environ.setdefault("BTC_STREAM_STALL_SECONDS", "45")
-    # ... and every 15 s instead of every minute: a SIGKILLed component is restarted 45-60 s after its last
-    # heartbeat instead of 45-105 s.
+    # The suite's daemon judges the live stream faster than the default 120 s: a component is stalled after 30 s
+    # without a heartbeat (they come every 5 s, from a thread of their own: six missed), so a killed one is
+    # restarted well within the 3 minutes the supervision test allows.
+    os.environ.setdefault("BTC_STREAM_STALL_SECONDS", "30")
+    # ... and every 15 s instead of every minute: a SIGKILLed component is restarted 30-45 s after its last
+    # heartbeat instead of 30-90 s.
     os.environ.setdefault("BTC_STREAM_SENSOR_INTERVAL_SECONDS", "15")
     # raw_trades' step retries (2 more tries) stay on, a second apart instead of 30 s and 60 s.
     os.environ.setdefault("BTC_DOWNLOAD_RETRY_DELAY_SECONDS", "1")

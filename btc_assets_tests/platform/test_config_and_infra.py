@@ -111,18 +111,30 @@ def test_compose_topology_is_the_clusters():
     assert services["stream-job"]["environment"]["BTC_SPARK_DRIVER_HOST"] == "stream-job"
 
 
-def test_the_cluster_instance_config_validates(monkeypatch, tmp_path):
-    """infra/dagster.yaml as Dagster reads it: dagster-postgres and dagster-docker importable, the schema valid."""
+def local_stack_instance_yaml() -> str:
+    from btc_localstack.dagster import INSTANCE_YAML, MAPREDUCE_POOL
+
+    return INSTANCE_YAML.format(max_runs=4, mapreduce_limit=1, pool=MAPREDUCE_POOL)
+
+
+@pytest.mark.parametrize("source", ["infra", "local stack"])
+def test_the_instance_configs_validate(source, monkeypatch, tmp_path):
+    """infra/dagster.yaml and the local stack's, as Dagster reads them: dagster-postgres (and for the cluster
+    dagster-docker) importable, the schema valid, queued runs started within a second of room for them."""
     from dagster._core.instance.config import dagster_instance_config
 
-    (tmp_path / "dagster.yaml").write_text((INFRA / "dagster.yaml").read_text())
+    text = (INFRA / "dagster.yaml").read_text() if source == "infra" else local_stack_instance_yaml()
+    (tmp_path / "dagster.yaml").write_text(text)
     for name in ("DAGSTER_POSTGRES_USER", "DAGSTER_POSTGRES_PASSWORD", "DAGSTER_POSTGRES_HOST", "DAGSTER_POSTGRES_DB"):
         monkeypatch.setenv(name, "x")
     monkeypatch.setenv("DAGSTER_POSTGRES_PORT", "5432")
     validated, _ = dagster_instance_config(str(tmp_path))
     assert validated["storage"]["postgres"]["postgres_db"]["scheme"] == "postgresql+psycopg2"
-    assert validated["run_launcher"]["class"] == "DockerRunLauncher"
-    import dagster_docker  # noqa: F401 - the launcher's module
+    coordinator = validated["run_coordinator"]
+    assert (coordinator["class"], coordinator["config"]["dequeue_interval_seconds"]) == ("QueuedRunCoordinator", 1)
+    if source == "infra":
+        assert validated["run_launcher"]["class"] == "DockerRunLauncher"
+        import dagster_docker  # noqa: F401 - the launcher's module
     import dagster_postgres  # noqa: F401 - the storage's module
 
 
