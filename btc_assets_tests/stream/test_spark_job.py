@@ -393,8 +393,9 @@ def test_spark_job_stopped_killed_and_restarted(stack, tmp_path):
         job = run_job()
         wait_count(8_000, "trades after the first restart")
         feed.join()
-        # The feed holds after 4,000 of the third part, so the kill always comes before the rest is sent.
-        feed = TradeFeed(case.bootstrap, third, rate=300, hold_at=4_000).start()
+        # The feed holds after 4,000 of the third part, so the kill always comes before the rest is sent (the rest
+        # then arrives while the killed job's successor starts).
+        feed = TradeFeed(case.bootstrap, third, rate=600, hold_at=4_000).start()
         wait_count(13_500, "trades of the third part")
         job.kill()  # SIGKILL to the driver and its JVM, mid-stream and as likely as not mid-batch
         feed.release()
