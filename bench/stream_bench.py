@@ -692,7 +692,7 @@ def main() -> int:
             services.stop()
             admin.client.buckets_api().delete_bucket(bucket_id)
             services.keep_logs_if(code != 0)
-    results, measured = [], False
+    results, exactly_once = [], False
     try:
         services.start("spark-job", "btc_assets.stream.spark_job", "--log-level", "WARNING")
         if not spark_job_beating(reader):
@@ -715,26 +715,23 @@ def main() -> int:
             results.append(run_phase(services, reader, rate, args.seconds, args.slack))
         points, distinct = count_ids(reader)
         total_sent = services.sent()
-        measured = True
+        exactly_once = points == distinct == total_sent
     finally:
         services.stop()
         admin.client.buckets_api().delete_bucket(bucket_id)
-        if not measured:  # failed, or stopped early: the logs say why
-            services.keep_logs_if(True)
+        services.keep_logs_if(not exactly_once)  # failed, stopped early or lost a trade: the logs say why
     print("\n| target rate (trades/s) | sent | sent/s | landed | landed/s | kept up | p50 | p99 |")
     print("|---|---|---|---|---|---|---|---|")
     for result in results:
         latency = (f"{result['p50']:.2f} s | {result['p99']:.2f} s" if "p50" in result else "- | -")
         print(f"| {result['rate']:,.0f} | {result['trades']:,} | {result['sent_per_s']:,.0f} | {result['landed']:,} | "
               f"{result['throughput']:,.0f} | {'yes' if result['kept_up'] else 'no'} | {latency} |")
-    exactly_once = points == distinct == total_sent
     print(f"\nevery trade id exactly once in InfluxDB: {'yes' if exactly_once else 'NO'} "
           f"({points:,} points, {distinct:,} distinct ids, {total_sent:,} sent)")
     sustained = [r["sent_per_s"] for r in results if r["complete"] and r["kept_up"]]
     print(f"sustained with zero loss: {max(sustained):,.0f} trades/s (ratio landed/sent in the same run: "
           f"{max(r['throughput'] / r['sent_per_s'] for r in results if r['complete']):.2f})"
           if sustained else "no rate sustained")
-    services.keep_logs_if(not exactly_once)
     return 0 if exactly_once else 1
 
 

@@ -60,6 +60,11 @@ telemetry:
   enabled: false
 """
 
+def instance_yaml(max_runs: int, mapreduce_limit: int) -> str:
+    """The local stack's ``dagster.yaml``: at most ``max_runs`` runs at once, ``mapreduce_limit`` MapReduce jobs."""
+    return INSTANCE_YAML.format(max_runs=max_runs, mapreduce_limit=mapreduce_limit, pool=MAPREDUCE_POOL)
+
+
 DAEMON_HEALTH = "{ instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }"
 
 
@@ -100,8 +105,7 @@ class DagsterService(Service):
         limit = config.get_int("BTC_MAPREDUCE_CONCURRENCY")
         if limit < 1:
             raise StackError(f"dagster: BTC_MAPREDUCE_CONCURRENCY={limit}: at least 1 MapReduce job must be able to run")
-        text = INSTANCE_YAML.format(max_runs=config.get_int("BTC_DAGSTER_MAX_CONCURRENT_RUNS"),
-                                    mapreduce_limit=limit, pool=MAPREDUCE_POOL)
+        text = instance_yaml(max_runs=config.get_int("BTC_DAGSTER_MAX_CONCURRENT_RUNS"), mapreduce_limit=limit)
         path = self.home / "dagster.yaml"
         if not path.exists() or path.read_text() != text:
             path.write_text(text)

@@ -111,19 +111,15 @@ def test_compose_topology_is_the_clusters():
     assert services["stream-job"]["environment"]["BTC_SPARK_DRIVER_HOST"] == "stream-job"
 
 
-def local_stack_instance_yaml() -> str:
-    from btc_localstack.dagster import INSTANCE_YAML, MAPREDUCE_POOL
-
-    return INSTANCE_YAML.format(max_runs=4, mapreduce_limit=1, pool=MAPREDUCE_POOL)
-
-
 @pytest.mark.parametrize("source", ["infra", "local stack"])
 def test_the_instance_configs_validate(source, monkeypatch, tmp_path):
     """infra/dagster.yaml and the local stack's, as Dagster reads them: dagster-postgres (and for the cluster
     dagster-docker) importable, the schema valid, queued runs started within a second of room for them."""
     from dagster._core.instance.config import dagster_instance_config
 
-    text = (INFRA / "dagster.yaml").read_text() if source == "infra" else local_stack_instance_yaml()
+    from btc_localstack.dagster import instance_yaml
+
+    text = (INFRA / "dagster.yaml").read_text() if source == "infra" else instance_yaml(max_runs=4, mapreduce_limit=1)
     (tmp_path / "dagster.yaml").write_text(text)
     for name in ("DAGSTER_POSTGRES_USER", "DAGSTER_POSTGRES_PASSWORD", "DAGSTER_POSTGRES_HOST", "DAGSTER_POSTGRES_DB"):
         monkeypatch.setenv(name, "x")
