@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -76,14 +77,30 @@ def with_default_signals(cmd: list[str]) -> list[str]:
     return [sys.executable, "-c", _EXEC_WITH_DEFAULT_SIGNALS, *cmd]
 
 
+def with_java_tmpdir(env: dict[str, str], tmp_dir: Path) -> dict[str, str]:
+    """``env`` with ``java.io.tmpdir`` set to ``tmp_dir`` for every ``java`` started with it (JDK_JAVA_OPTIONS,
+    which the launcher reads before the command line's options, so an explicit ``-Djava.io.tmpdir`` still wins)."""
+    option = f"-Djava.io.tmpdir={tmp_dir}"
+    existing = env.get("JDK_JAVA_OPTIONS", "").strip()
+    return {**env, "JDK_JAVA_OPTIONS": f"{existing} {option}" if existing else option}
+
+
 class ManagedProcess:
-    """A background daemon with a pid file (pid and start time) and a log file under a state directory."""
+    """A background daemon with a pid file (pid and start time) and a log file under a state directory.
+
+    A JVM daemon (``start(..., java_tmp=True)``) gets a temporary directory of its own, ``jvm-tmp/<name>`` there,
+    instead of ``/tmp``, and so does every JVM it starts that inherits its environment (a Spark worker's
+    executors, a PySpark driver's JVM). What a JVM leaves there when it is killed (Jetty's webapp directories,
+    extracted native libraries, Spark's scratch and block directories) is deleted when the daemon starts again,
+    instead of piling up in the machine's ``/tmp``.
+    """
 
     def __init__(self, name: str, directory: Path):
         self.name = name
         self.directory = directory
         self.pid_file = directory / f"{name}.pid"
         self.log_file = directory / f"{name}.log"
+        self.tmp_dir = directory / "jvm-tmp" / name
 
     def _recorded(self) -> tuple[int, float, int | None] | None:
         try:
@@ -131,10 +148,15 @@ class ManagedProcess:
     def is_running(self) -> bool:
         return self.process() is not None
 
-    def start(self, cmd: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None) -> int:
+    def start(self, cmd: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
+              java_tmp: bool = False) -> int:
         if (pid := self.pid()) is not None:
             return pid
         self.directory.mkdir(parents=True, exist_ok=True)
+        if java_tmp:  # not running: what is there is an earlier start's, left by a kill
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            self.tmp_dir.mkdir(parents=True)
+            env = with_java_tmpdir(dict(os.environ) if env is None else env, self.tmp_dir)
         with open(self.log_file, "ab") as log:
             log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} $ {' '.join(cmd)}\n".encode())
             log.flush()

@@ -537,23 +537,23 @@ class HadoopService(Service):
             self._format_if_needed()
             progress(self.name, f"starting NameNode on {HOST}:{self._port('namenode_rpc')} "
                                 f"(web {HOST}:{self._port('namenode_http')})")
-            proc.start(self._daemon_command(NAMENODE_CLASS), cwd=self.state)
+            proc.start(self._daemon_command(NAMENODE_CLASS), cwd=self.state, java_tmp=True)
         elif kind == "datanode":
             progress(self.name, f"starting {proc.name} on {HOST}:{self._port('datanode_data', node)}")
-            proc.start(self._datanode_command(node), cwd=self.state)
+            proc.start(self._datanode_command(node), cwd=self.state, java_tmp=True)
         elif kind == "resourcemanager":
             progress(self.name, f"starting ResourceManager on {HOST}:{self._port('rm_address')} "
                                 f"(web {self.resourcemanager_url})")
-            proc.start(self._daemon_command(RESOURCEMANAGER_CLASS), cwd=self.state)
+            proc.start(self._daemon_command(RESOURCEMANAGER_CLASS), cwd=self.state, java_tmp=True)
         elif kind == "nodemanager":
             progress(self.name, f"starting {proc.name} on {HOST}:{self._port('nm_address', node)}")
             self.nodemanager_dir(node).mkdir(parents=True, exist_ok=True)
             proc.start(self._daemon_command(NODEMANAGER_CLASS, conf_dir=self.node_conf_dir("nodemanager", node),
                                             heap="384m"),
-                       cwd=self.nodemanager_dir(node), env=self._nodemanager_env(node))
+                       cwd=self.nodemanager_dir(node), env=self._nodemanager_env(node), java_tmp=True)
         else:
             progress(self.name, f"starting JobHistory server (web {self.historyserver_url})")
-            proc.start(self._daemon_command(HISTORYSERVER_CLASS, heap="384m"), cwd=self.state)
+            proc.start(self._daemon_command(HISTORYSERVER_CLASS, heap="384m"), cwd=self.state, java_tmp=True)
 
     def start(self) -> None:
         if self.is_running():

@@ -186,7 +186,7 @@ class KafkaService(Service):
         self._began = time.monotonic()
         self.process.start([str(java), *JVM_HEAP, *JVM_OPTS, *self._log_opts(), "-cp", self._classpath(),
                             BROKER_MAIN, str(self.config_file)],
-                           env=self._java_env(), cwd=self.state)
+                           env=self._java_env(), cwd=self.state, java_tmp=True)
         return True
 
     def wait_ready(self) -> None:

@@ -297,7 +297,7 @@ class SparkStandalone(Service):
         env = {**self._env(), "SPARK_MASTER_OPTS": f"-Dspark.worker.timeout={WORKER_TIMEOUT_S}"}
         self.master_process.start(self._spark_class(MASTER_CLASS, "--host", HOST, "--port", str(self.base_port),
                                                     "--webui-port", str(self.base_port + 1)),
-                                  env=env, cwd=self.state)
+                                  env=env, cwd=self.state, java_tmp=True)
 
     def start_worker(self, index: int) -> None:
         proc = self.workers[index - 1]
@@ -312,7 +312,7 @@ class SparkStandalone(Service):
         proc.start(self._spark_class(WORKER_CLASS, "--host", HOST, "--port", str(rpc), "--webui-port", str(web),
                                      "--cores", str(self.cores), "--memory", self.memory,
                                      "--work-dir", str(work), self.master_url),
-                   env=self._env(), cwd=work)
+                   env=self._env(), cwd=work, java_tmp=True)
 
     def start(self) -> None:
         self.state.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ SERVICES: dict[str, list[str]] = {
     "producer": ["-m", "btc_assets.stream.producer"],
     "spark-job": ["-m", "btc_assets.stream.spark_job"],
 }
+JVM_SERVICES = {"spark-job"}  # its driver's JVM (and in local mode, the executors) gets a tmp dir of its own
 
 
 def _say(message: str) -> None:
@@ -52,7 +53,8 @@ class StreamServices:
         if process.is_running():
             return process.pid()
         pid = process.start([sys.executable, *self.commands[name], *(extra_args or [])],
-                            env=dict(os.environ, **(env or {})), cwd=process.directory)
+                            env=dict(os.environ, **(env or {})), cwd=process.directory,
+                            java_tmp=name in JVM_SERVICES)
         # Remembered (mode 600) for a restart from another process, e.g. the health sensor's restart run: a
         # producer started on an emulator's URLs must come back on them, not on the environment's defaults.
         path = self._launch_file(name)

@@ -106,3 +106,26 @@ def test_a_daemon_answers_sigterm_though_its_starter_ignores_it(tmp_path):
         for signum, handler in saved.items():
             signal.signal(signum, handler)
         managed.stop(kill=True)
+
+
+def test_a_jvm_daemon_keeps_its_temporary_files_in_its_own_directory(tmp_path):
+    """A JVM daemon's java.io.tmpdir is its own directory, not /tmp: what a killed one left there (Jetty's webapp
+    directories, native libraries, Spark's scratch) goes when it starts again, and /tmp never collects it."""
+    from btc_assets.clients.jvm import java_executable
+
+    java = str(java_executable("the test's JVM", 17))
+    managed = ManagedProcess("jvm", tmp_path)
+    program = [java, "-XshowSettings:properties", "-version"]  # prints its system properties, then exits
+    managed.start(program, java_tmp=True)
+    wait_for(lambda: not managed.is_running(), 60, "the JVM's exit")
+    assert f"java.io.tmpdir = {managed.tmp_dir}" in managed.log_file.read_text()
+    left = managed.tmp_dir / "jetty-127_0_0_1-9870-hdfs_war-_-any-1"  # as a SIGKILLed NameNode leaves its webapp
+    left.mkdir()
+    managed.start(program, java_tmp=True)
+    wait_for(lambda: not managed.is_running(), 60, "the second JVM's exit")
+    assert managed.tmp_dir.is_dir() and not left.exists()
+    # Given explicitly on the command line, the command line's wins.
+    own = tmp_path / "chosen"
+    managed.start([java, f"-Djava.io.tmpdir={own}", "-XshowSettings:properties", "-version"], java_tmp=True)
+    wait_for(lambda: not managed.is_running(), 60, "the third JVM's exit")
+    assert managed.log_file.read_text().rstrip().count(f"java.io.tmpdir = {own}") == 1

@@ -47,6 +47,19 @@ def test_batch_sessions_run_their_driver_with_the_configured_java_options(spark)
         "-XX:+UseParallelGC"
 
 
+def test_the_stacks_jvms_keep_their_temporary_files_out_of_tmp(stack):
+    """The NameNode's web server unpacks its webapp into the JVM's temporary directory: the daemon's own, not
+    /tmp, where every killed daemon used to leave one behind."""
+    import psutil
+    from pathlib import Path
+
+    hadoop = stack.services["hadoop"]
+    started = psutil.Process(hadoop.namenode.pid()).create_time()
+    assert list(hadoop.namenode.tmp_dir.glob("jetty-*")), sorted(hadoop.namenode.tmp_dir.iterdir())
+    port = hadoop._port("namenode_http")
+    assert not [path for path in Path("/tmp").glob(f"jetty-*-{port}-*") if path.stat().st_mtime >= started - 1]
+
+
 def test_missing_path_is_a_clear_error(resources, unique):
     fs = resources["storage"].storage.fs
     assert fs.status(f"/btc/tests/{unique}/absent") is None
