@@ -16,8 +16,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from btc_assets.clients.jvm import JavaError, java_home
-from btc_assets.clients.spark import SPARK_HOME_MARKER
+from btc_assets.clients.jvm import JavaError, class_archive_opts, java_home
+from btc_assets.clients.spark import SPARK_HOME_MARKER, spark_home_of
 
 from .base import REPO_ROOT, ManagedProcess, Service, dump_class_archive, ensure_port_free, maven_resolve, progress
 
@@ -274,17 +274,33 @@ class SparkStandalone(Service):
     def provision(self) -> None:
         SparkService(self.paths).provision()  # the Kafka connector the stream job ships with --jars
 
+    def _home_and_archive(self) -> tuple[str, str]:
+        """The Spark home the daemons run from and the class-data archive they (and the executors a worker starts,
+        which inherit its environment) map Spark's classes from: the drivers' (``SparkService.class_archive``),
+        whose classpath a daemon's and an executor's start with, when it is there; else pyspark's own home and
+        no archive."""
+        try:
+            archive = SparkService(self.paths).class_archive
+        except (JavaError, OSError):
+            archive = None
+        home = spark_home_of(archive) if archive is not None and archive.is_file() else None
+        return (str(home), str(archive)) if home is not None else (_pyspark_home(), "")
+
     def _env(self) -> dict[str, str]:
-        home = _pyspark_home()
-        return {**os.environ, "SPARK_HOME": home, "SPARK_DAEMON_MEMORY": self.daemon_heap,
-                "SPARK_LOG_DIR": str(self.state / "logs"), "SPARK_NO_DAEMONIZE": "1",
-                # The web UIs of the master and workers bind to SPARK_LOCAL_IP, else to every interface.
-                "SPARK_LOCAL_IP": HOST,
-                # Executors' Python workers: this interpreter (the machine's "nodes" share its environment).
-                "PYSPARK_PYTHON": sys.executable}
+        home, archive = self._home_and_archive()
+        env = {**os.environ, "SPARK_HOME": home, "SPARK_DAEMON_MEMORY": self.daemon_heap,
+               "SPARK_LOG_DIR": str(self.state / "logs"), "SPARK_NO_DAEMONIZE": "1",
+               # The web UIs of the master and workers bind to SPARK_LOCAL_IP, else to every interface.
+               "SPARK_LOCAL_IP": HOST,
+               # Executors' Python workers: this interpreter (the machine's "nodes" share its environment).
+               "PYSPARK_PYTHON": sys.executable}
+        if archive:
+            env = {**env, "JDK_JAVA_OPTIONS": " ".join([env.get("JDK_JAVA_OPTIONS", "").strip(),
+                                                        *class_archive_opts(archive)]).strip()}
+        return env
 
     def _spark_class(self, main: str, *args: str) -> list[str]:
-        return [str(Path(_pyspark_home()) / "bin" / "spark-class"), main, *args]
+        return [str(Path(self._home_and_archive()[0]) / "bin" / "spark-class"), main, *args]
 
     def start_master(self) -> None:
         if self.master_process.is_running():

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -96,3 +97,15 @@ def test_training_and_predictions_on_the_master_equal_local_mode(resources, hado
         for (_, expected), (_, got) in zip(here, there):
             # LR's dot product sums in another order on the executors: equal to the last few bits.
             assert math.isclose(got, expected, rel_tol=1e-9), (model, got, expected)
+
+
+def test_the_workers_and_their_executors_map_sparks_classes_from_the_drivers_archive(spark_cluster):
+    """The standalone daemons run from the Spark home the drivers' class-data archive was dumped from, and map it;
+    the executors a worker starts inherit the option (JDK_JAVA_OPTIONS) and the classpath, and start sooner."""
+    home, archive = spark_cluster._home_and_archive()
+    assert archive and Path(archive).parent == Path(home), (home, archive)
+    for worker in spark_cluster.workers:
+        assert archive in Path(f"/proc/{worker.pid()}/maps").read_text(), worker.name
+    # The executors of the runs before (the comparison above, in this module) logged the options they started with.
+    logs = [path.read_text(errors="replace") for path in spark_cluster.state.glob("worker-*/app-*/*/stderr")]
+    assert logs and all(f"-XX:SharedArchiveFile={archive}" in log for log in logs), len(logs)

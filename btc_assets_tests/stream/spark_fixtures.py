@@ -23,6 +23,7 @@ from btc_assets.clients import kafka as kafka_io
 
 from btc_assets.contracts import schema
 from btc_assets.clients.influx import Influx
+from btc_assets.processes import with_java_tmpdir
 from btc_assets.stream.spark_job import StreamSettings
 from btc_assets_tests.stream import helpers
 
@@ -348,10 +349,14 @@ class JobProcess:
     """The job as its own process (``python -m btc_assets.stream.spark_job``), to kill and restart it."""
 
     def __init__(self, env: dict[str, str], log_path: Path):
-        self.env, self.log_path = env, log_path
+        # The JVM's temporary files beside the log (pytest's tmp dir), as a stream service's are in its state dir:
+        # what a killed driver leaves there (Spark's scratch, native libraries) does not stay in /tmp.
+        self.env = with_java_tmpdir(env, log_path.parent / "jvm-tmp")
+        self.log_path = log_path
         self.process: subprocess.Popen | None = None
 
     def start(self) -> JobProcess:
+        (self.log_path.parent / "jvm-tmp").mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         # Its own process group: SIGKILL to the group takes the JVM down with the Python driver.
         self.process = subprocess.Popen([sys.executable, "-m", "btc_assets.stream.spark_job"], env=self.env,
