@@ -15,6 +15,7 @@ without (the target: under 1).
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import statistics
 import subprocess
@@ -65,8 +66,6 @@ def one_run(with_archive: bool, port: int, archive: str) -> dict[str, float]:
                                   text=True, timeout=600)
             if done.returncode != 0:
                 raise SystemExit(f"the driver failed:\n{done.stderr[-3000:]}")
-            import json
-
             result.update(json.loads(done.stdout.strip().splitlines()[-1]))
             asked = [_seconds(m) for log in cluster.state.glob("worker-*.log")
                      for m in re.finditer(CLOCK + r" INFO Worker: Asked to launch", log.read_text())]

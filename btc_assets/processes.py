@@ -77,12 +77,16 @@ def with_default_signals(cmd: list[str]) -> list[str]:
     return [sys.executable, "-c", _EXEC_WITH_DEFAULT_SIGNALS, *cmd]
 
 
+def with_java_options(env: dict[str, str], *options: str) -> dict[str, str]:
+    """``env`` with ``options`` added to JDK_JAVA_OPTIONS, which every ``java`` started with it reads before its
+    command line's options (so an option given on a command line still wins), after any already there."""
+    joined = " ".join([env.get("JDK_JAVA_OPTIONS", "").strip(), *options]).strip()
+    return {**env, "JDK_JAVA_OPTIONS": joined}
+
+
 def with_java_tmpdir(env: dict[str, str], tmp_dir: Path) -> dict[str, str]:
-    """``env`` with ``java.io.tmpdir`` set to ``tmp_dir`` for every ``java`` started with it (JDK_JAVA_OPTIONS,
-    which the launcher reads before the command line's options, so an explicit ``-Djava.io.tmpdir`` still wins)."""
-    option = f"-Djava.io.tmpdir={tmp_dir}"
-    existing = env.get("JDK_JAVA_OPTIONS", "").strip()
-    return {**env, "JDK_JAVA_OPTIONS": f"{existing} {option}" if existing else option}
+    """``env`` with ``java.io.tmpdir`` set to ``tmp_dir`` for every ``java`` started with it."""
+    return with_java_options(env, f"-Djava.io.tmpdir={tmp_dir}")
 
 
 class ManagedProcess:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from btc_assets.clients.jvm import JavaError, class_archive_opts, java_home
 from btc_assets.clients.spark import SPARK_HOME_MARKER, spark_home_of
+from btc_assets.processes import with_java_options
 
 from .base import REPO_ROOT, ManagedProcess, Service, dump_class_archive, ensure_port_free, maven_resolve, progress
 
@@ -294,13 +295,12 @@ class SparkStandalone(Service):
                "SPARK_LOCAL_IP": HOST,
                # Executors' Python workers: this interpreter (the machine's "nodes" share its environment).
                "PYSPARK_PYTHON": sys.executable}
-        if archive:
-            env = {**env, "JDK_JAVA_OPTIONS": " ".join([env.get("JDK_JAVA_OPTIONS", "").strip(),
-                                                        *class_archive_opts(archive)]).strip()}
-        return env
+        return with_java_options(env, *class_archive_opts(archive)) if archive else env
 
-    def _spark_class(self, main: str, *args: str) -> list[str]:
-        return [str(Path(self._home_and_archive()[0]) / "bin" / "spark-class"), main, *args]
+    @staticmethod
+    def _spark_class(env: dict[str, str], main: str, *args: str) -> list[str]:
+        """``spark-class`` of the Spark home ``env`` (``_env``) names, running ``main``."""
+        return [str(Path(env["SPARK_HOME"]) / "bin" / "spark-class"), main, *args]
 
     def start_master(self) -> None:
         if self.master_process.is_running():
@@ -311,7 +311,7 @@ class SparkStandalone(Service):
         # A worker that stops heartbeating is dead after WORKER_TIMEOUT_S (Spark's default: 60 s). Until then
         # the master counts its executors' cores as used and gives a job that lost them no new executor.
         env = {**self._env(), "SPARK_MASTER_OPTS": f"-Dspark.worker.timeout={WORKER_TIMEOUT_S}"}
-        self.master_process.start(self._spark_class(MASTER_CLASS, "--host", HOST, "--port", str(self.base_port),
+        self.master_process.start(self._spark_class(env, MASTER_CLASS, "--host", HOST, "--port", str(self.base_port),
                                                     "--webui-port", str(self.base_port + 1)),
                                   env=env, cwd=self.state, java_tmp=True)
 
@@ -325,10 +325,11 @@ class SparkStandalone(Service):
         work = self.state / f"worker-{index}"
         work.mkdir(parents=True, exist_ok=True)
         progress(self.name, f"starting {proc.name} ({self.cores} cores, {self.memory}) on {HOST}:{rpc}")
-        proc.start(self._spark_class(WORKER_CLASS, "--host", HOST, "--port", str(rpc), "--webui-port", str(web),
+        env = self._env()
+        proc.start(self._spark_class(env, WORKER_CLASS, "--host", HOST, "--port", str(rpc), "--webui-port", str(web),
                                      "--cores", str(self.cores), "--memory", self.memory,
                                      "--work-dir", str(work), self.master_url),
-                   env=self._env(), cwd=work, java_tmp=True)
+                   env=env, cwd=work, java_tmp=True)
 
     def start(self) -> None:
         self.state.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
+import psutil
 import pytest
 
 from btc_assets.clients.hadoop_streaming import StreamingJob
@@ -50,9 +52,6 @@ def test_batch_sessions_run_their_driver_with_the_configured_java_options(spark)
 def test_the_stacks_jvms_keep_their_temporary_files_out_of_tmp(stack):
     """The NameNode's web server unpacks its webapp into the JVM's temporary directory: the daemon's own, not
     /tmp, where every killed daemon used to leave one behind."""
-    import psutil
-    from pathlib import Path
-
     hadoop = stack.services["hadoop"]
     started = psutil.Process(hadoop.namenode.pid()).create_time()
     assert list(hadoop.namenode.tmp_dir.glob("jetty-*")), sorted(hadoop.namenode.tmp_dir.iterdir())

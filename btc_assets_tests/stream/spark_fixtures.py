@@ -351,12 +351,13 @@ class JobProcess:
     def __init__(self, env: dict[str, str], log_path: Path):
         # The JVM's temporary files beside the log (pytest's tmp dir), as a stream service's are in its state dir:
         # what a killed driver leaves there (Spark's scratch, native libraries) does not stay in /tmp.
-        self.env = with_java_tmpdir(env, log_path.parent / "jvm-tmp")
+        self.tmp_dir = log_path.parent / "jvm-tmp"
+        self.env = with_java_tmpdir(env, self.tmp_dir)
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
 
     def start(self) -> JobProcess:
-        (self.log_path.parent / "jvm-tmp").mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         # Its own process group: SIGKILL to the group takes the JVM down with the Python driver.
         self.process = subprocess.Popen([sys.executable, "-m", "btc_assets.stream.spark_job"], env=self.env,
