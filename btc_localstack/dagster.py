@@ -1,10 +1,18 @@
-"""Dagster as deployed, on the local stack: the webserver and the daemon on one DAGSTER_HOME, storage on PostgreSQL.
+"""Dagster as deployed, on the local stack: a code server, the webserver and the daemon on one DAGSTER_HOME,
+storage on PostgreSQL.
 
 ``<state>/dagster_home/dagster.yaml`` is written at every start: run, event-log and schedule storage in
 the stack's PostgreSQL (``dagster-postgres``, credentials from the environment, never in the file),
 the queued run coordinator, and a pool limit (``BTC_MAPREDUCE_CONCURRENCY``) so that a backfill
-launched from the UI runs at most that many MapReduce jobs at once. Both processes load the code
-location from ``workspace.yaml`` and get the stack's settings (``stack.env``) as their environment.
+launched from the UI runs at most that many MapReduce jobs at once.
+
+The code location is served by one ``dagster code-server`` (127.0.0.1:4000 by default), as compose's
+``dagster-code`` container serves it, and the webserver and the daemon reach it over gRPC
+(``<state>/dagster_home/workspace.yaml``, written at every start). Loaded from ``workspace.yaml``'s
+``python_module`` instead, each of them spawned code servers of its own, and the daemon replaced its
+every minute (Dagster's ``RELOAD_WORKSPACE_INTERVAL``): a new process importing the code location, ~2.5 s
+of CPU a minute on an idle stack. The code server starts the runs' processes, and every process gets
+the stack's settings (``stack.env``) as its environment. The UI's "Reload" loads edited code again.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import requests
 
 from btc_assets import config
 
-from .base import REPO_ROOT, ManagedProcess, Service, StackError, ensure_port_free, env_port, progress, run_logged
+from .base import REPO_ROOT, ManagedProcess, ProcessError, Service, StackError, ensure_port_free, env_port, progress, run_logged
 
 HOST = "127.0.0.1"
 MAPREDUCE_POOL = "mapreduce"  # the pool minute_bars runs in (btc_assets/defs/history/assets.py)
@@ -65,6 +73,18 @@ def instance_yaml(max_runs: int, mapreduce_limit: int) -> str:
     return INSTANCE_YAML.format(max_runs=max_runs, mapreduce_limit=mapreduce_limit, pool=MAPREDUCE_POOL)
 
 
+LOCATION = "btc_assets"  # the code location's name, as in workspace.yaml and compose's workspace.docker.yaml
+
+WORKSPACE_YAML = """\
+# Written by btc_localstack/dagster.py at every start of the local stack; edits are overwritten.
+# The stack's code server (`dagster code-server start`, BTC_STACK_DAGSTER_CODE_PORT) serves the code location.
+load_from:
+  - grpc_server:
+      host: {host}
+      port: {port}
+      location_name: {location}
+"""
+
 DAEMON_HEALTH = "{ instance { daemonHealth { allDaemonStatuses { daemonType healthy required } } } }"
 
 
@@ -79,24 +99,32 @@ def graphql(url: str, query: str, variables: dict | None = None, timeout: float 
 
 
 class DagsterService(Service):
-    """``dagster-webserver`` (127.0.0.1:3000 by default) and ``dagster-daemon`` sharing ``<state>/dagster_home``."""
+    """``dagster code-server`` (127.0.0.1:4000 by default), ``dagster-webserver`` (127.0.0.1:3000) and
+    ``dagster-daemon`` sharing ``<state>/dagster_home``."""
 
     name = "dagster"
 
     def __init__(self, paths, stack_env: Callable[[], dict[str, str]]):
         super().__init__(paths)
         self.port = env_port("BTC_STACK_DAGSTER_PORT", 3000, component="dagster")
+        self.code_port = env_port("BTC_STACK_DAGSTER_CODE_PORT", 4000, component="dagster")
         self.url = f"http://{HOST}:{self.port}"
         self.stack_env = stack_env
+        self.code_server = ManagedProcess("code-server", self.state)
         self.webserver = ManagedProcess("webserver", self.state)
         self.daemon = ManagedProcess("daemon", self.state)
+
+    @property
+    def processes(self) -> tuple[ManagedProcess, ...]:
+        """In start order: the webserver and the daemon load the code location from the code server."""
+        return self.code_server, self.webserver, self.daemon
 
     @property
     def home(self) -> Path:
         return self.paths.state_dir / "dagster_home"
 
     def provision(self) -> None:
-        for tool in ("dagster-webserver", "dagster-daemon"):
+        for tool in ("dagster", "dagster-webserver", "dagster-daemon"):
             if not (Path(sys.executable).parent / tool).exists() and not shutil.which(tool):
                 raise StackError(f"dagster: `{tool}` is missing: install the project (./pipeline does)")
 
@@ -109,6 +137,12 @@ class DagsterService(Service):
         path = self.home / "dagster.yaml"
         if not path.exists() or path.read_text() != text:
             path.write_text(text)
+        return path
+
+    def write_workspace(self) -> Path:
+        """``<home>/workspace.yaml``: the code location from the stack's code server."""
+        path = self.home / "workspace.yaml"
+        path.write_text(WORKSPACE_YAML.format(host=HOST, port=self.code_port, location=LOCATION))
         return path
 
     def environment(self) -> dict[str, str]:
@@ -163,11 +197,20 @@ class DagsterService(Service):
         self.write_instance()
         env = self.environment()
         self.check_storage(env)  # one clear error naming the setting, not a stack trace in two daemon logs
-        workspace = str(REPO_ROOT / "workspace.yaml")
         began = time.monotonic()
         # First, alone: on a fresh database this creates Dagster's tables. The webserver and the daemon started
         # together on one both created them, and one failed (`type "alembic_version" already exists`).
         self._set_pool_limit(env)
+        if not self.code_server.is_running():
+            ensure_port_free(HOST, self.code_port, component=self.name, variable="BTC_STACK_DAGSTER_CODE_PORT")
+            progress(self.name, f"starting the code server on {HOST}:{self.code_port}")
+            self.code_server.start([self._tool("dagster"), "code-server", "start", "-h", HOST, "-p", str(self.code_port),
+                                    "-m", "btc_assets.definitions", "--location-name", LOCATION], env=env, cwd=REPO_ROOT)
+        # Started once the code location is loaded: a webserver or daemon that found it still loading would show it
+        # as failed until a reload.
+        self.code_server.wait_until(self._code_server_serving, component=self.name, what="dagster code-server",
+                                    timeout=180)
+        workspace = str(self.write_workspace())
         if not self.webserver.is_running():
             ensure_port_free(HOST, self.port, component=self.name, variable="BTC_STACK_DAGSTER_PORT")
             progress(self.name, f"starting the webserver on {self.url}")
@@ -181,6 +224,19 @@ class DagsterService(Service):
                                timeout=180)
         progress(self.name, f"UI on {self.url} in {time.monotonic() - began:.0f}s (DAGSTER_HOME {self.home})")
 
+    def _code_server_serving(self) -> bool:
+        """The code server lists the code location (its port opens once the location is loaded); a location that
+        failed to load fails the start at once, with Dagster's error."""
+        from dagster._grpc.client import DagsterGrpcClient
+        from dagster._grpc.types import ListRepositoriesResponse
+        from dagster_shared.serdes import deserialize_value
+
+        response = deserialize_value(DagsterGrpcClient(port=self.code_port, host=HOST).list_repositories())
+        if not isinstance(response, ListRepositoriesResponse):
+            raise ProcessError(f"{self.name}: the code location btc_assets.definitions did not load; log "
+                               f"{self.code_server.log_file}:\n{getattr(response, 'message', response)}")
+        return True
+
     def _webserver_ready(self) -> bool:
         return requests.get(f"{self.url}/server_info", timeout=3).status_code == 200
 
@@ -193,18 +249,19 @@ class DagsterService(Service):
         return bool(statuses) and all(statuses.values())
 
     def stop(self, *, kill: bool = False) -> None:
-        for process in (self.daemon, self.webserver):
+        for process in reversed(self.processes):
             if process.is_running():
                 progress(self.name, f"stopping the {process.name}")
             process.stop(timeout=30, kill=kill)
 
     def is_running(self) -> bool:
-        return self.webserver.is_running() and self.daemon.is_running()
+        return all(process.is_running() for process in self.processes)
 
     def status(self) -> dict[str, object]:
         return {"running": self.is_running(), "url": self.url, "home": str(self.home),
-                "pids": {"webserver": self.webserver.pid(), "daemon": self.daemon.pid()},
-                "logs": [str(self.webserver.log_file), str(self.daemon.log_file)]}
+                "code_server": f"{HOST}:{self.code_port}",
+                "pids": {process.name: process.pid() for process in self.processes},
+                "logs": [str(process.log_file) for process in self.processes]}
 
     def env(self) -> dict[str, str]:
         return {"DAGSTER_HOME": str(self.home), "BTC_DAGSTER_URL": self.url}
