@@ -17,6 +17,7 @@ import pytest
 
 from btc_localstack.base import REPO_ROOT
 from btc_localstack.dagster import graphql
+from btc_localstack.demo import demo_days
 from btc_localstack.streams import stream_services
 from btc_assets_tests.stream import spark_fixtures
 
@@ -24,14 +25,16 @@ from btc_assets_tests.stream import spark_fixtures
 wait_for = partial(spark_fixtures.wait_for, interval=5.0)
 
 RUN_OF_LATEST = """
-query($path: [String!]!) {
+query($path: [String!]!, $partitions: [String!]) {
   assetOrError(assetKey: {path: $path}) {
-    ... on Asset { assetMaterializations(limit: 1) { runId partition metadataEntries { label } } }
+    ... on Asset { assetMaterializations(partitions: $partitions, limit: 1) { runId partition metadataEntries { label } } }
   }
 }"""
 RUN_STATUS = """query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"""
 SHOWN = {"raw_trades": "rows", "minute_bars": "trades_per_second", "gbt_model": "rmse_usd",
          "price_predictions": "points_written"}
+DEMO_LAST_DAY = "2025-04-03"  # the demo's three days by default: 2025-04-01..03
+BACKFILL_DAYS = demo_days("2024-08-01", 5)
 
 
 LIVE_LINE = re.compile(r"live: [\d,]+ trades and \d+ minute bars in InfluxDB")
@@ -66,13 +69,48 @@ class LiveDemo:
     failure: str | None = None  # what went wrong in a demo run, if anything
 
 
+class Backfill:
+    """`btc-pipeline backfill` of five days, in a process of its own. Beside the live stream it starts as soon as
+    the supervision window opens (``live_demo``), so the daemon's waits (its loop looks for new backfills and for
+    finished ones every 30 s) and its runs' launches fall beside the rest of the demo instead of adding to the
+    window; without the demo (``-k backfill``) the test starts it itself."""
+
+    def __init__(self, scratch: Path):
+        self.scratch = scratch
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        if self.process is not None:
+            return
+        command = [sys.executable, "-m", "btc_localstack.cli", "backfill", "--start", BACKFILL_DAYS[0],
+                   "--end", BACKFILL_DAYS[-1]]
+        with (self.scratch / "stdout").open("w") as stdout, (self.scratch / "stderr").open("w") as stderr:
+            self.process = subprocess.Popen(command, cwd=REPO_ROOT, env=dict(os.environ), stdout=stdout,
+                                            stderr=stderr, text=True)
+
+    def result(self, timeout: float = 1500) -> subprocess.CompletedProcess:
+        self.start()
+        self.process.wait(timeout=timeout)
+        return subprocess.CompletedProcess(self.process.args, self.process.returncode,
+                                           (self.scratch / "stdout").read_text(), (self.scratch / "stderr").read_text())
+
+
+@pytest.fixture(scope="package")
+def backfill(stack, tmp_path_factory):  # noqa: ARG001 - the stack's daemon runs it
+    running = Backfill(tmp_path_factory.mktemp("backfill"))
+    yield running
+    if running.process is not None and running.process.poll() is None:
+        running.process.kill()  # its own command, never finished (a failed test): the daemon's runs go on
+        running.process.wait()
+
+
 @pytest.fixture(scope="package")  # tests of other modules run beside the live stream: conftest.py
-def live_demo(stack):
+def live_demo(stack, backfill):
     """The demo run twice, under supervision from the moment the first run's live path is up: then the stack's
     health sensor and prediction schedule are switched on (as `btc-pipeline ui --supervise on` does), so the
     first run's prediction rounds and the whole second run happen inside the supervision test's 5 healthy
-    minutes. The live path the demo leaves running (emulator, producer, Spark job) is stopped after the
-    module's tests."""
+    minutes; the five-day backfill is submitted at that moment too. The live path the demo leaves running
+    (emulator, producer, Spark job) is stopped after the module's tests."""
     from btc_localstack.dagster import switch
 
     demo = LiveDemo(started=time.time())
@@ -83,6 +121,7 @@ def live_demo(stack):
         assert switch(url, "stream_health_sensor", on=True) == "RUNNING"
         assert switch(url, "price_predictions_schedule", on=True, kind="schedule") == "RUNNING"
         demo.switched_on = time.time()
+        backfill.start()
 
     try:
         try:
@@ -104,10 +143,13 @@ def test_demo_runs_twice(live_demo, stack):
 
 
 def demo_runs_in_the_ui(stack) -> None:
-    """The webserver's GraphQL API shows the demo's runs, SUCCESS, with their metadata."""
+    """The webserver's GraphQL API shows the demo's runs, SUCCESS, with their metadata (of the demo's days: the
+    backfill's runs of other days go on beside it)."""
     url = stack.services["dagster"].url
     for asset, label in SHOWN.items():
-        materializations = graphql(url, RUN_OF_LATEST, {"path": [asset]})["assetOrError"]["assetMaterializations"]
+        partitions = [DEMO_LAST_DAY] if asset in ("raw_trades", "minute_bars") else None
+        materializations = graphql(url, RUN_OF_LATEST, {"path": [asset], "partitions": partitions}
+                                   )["assetOrError"]["assetMaterializations"]
         assert materializations, f"{asset}: no materialization in the stack's instance"
         latest = materializations[0]
         assert label in {entry["label"] for entry in latest["metadataEntries"]}, (asset, latest["metadataEntries"])
@@ -160,25 +202,25 @@ query($id: String!) {
 }"""
 
 
-def test_a_backfill_of_five_days_never_runs_two_mapreduce_jobs_at_once(stack):
-    """Here, after the demo, it runs inside the supervision test's 5 healthy minutes: the daemon runs the backfill's
-    MapReduce jobs one at a time while the health sensor and the prediction schedule tick over the live stream
-    (alone, e.g. with ``-k backfill``, it needs no demo)."""
+def test_a_backfill_of_five_days_never_runs_two_mapreduce_jobs_at_once(stack, backfill):
+    """Submitted when the supervision window opens (``live_demo``), it runs inside the supervision test's 5 healthy
+    minutes, beside the second demo run: the daemon runs the backfill's MapReduce jobs one at a time while the
+    health sensor and the prediction schedule tick over the live stream (alone, e.g. with ``-k backfill``, it
+    needs no demo)."""
     dagster = stack.services["dagster"]
-    result = subprocess.run([sys.executable, "-m", "btc_localstack.cli", "backfill", "--start", "2024-08-01",
-                             "--end", "2024-08-05"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=1500)
+    result = backfill.result()
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     backfill_id = result.stdout.strip().splitlines()[-1]
     assert "5 of 5 days done" in result.stderr  # the progress the command printed
 
     # The backfill shows in the UI's backfill page ...
     listed = graphql(dagster.url, "{ partitionBackfillsOrError { ... on PartitionBackfills { results { id status } } } }")
-    statuses = {backfill["id"]: backfill["status"] for backfill in listed["partitionBackfillsOrError"]["results"]}
+    statuses = {entry["id"]: entry["status"] for entry in listed["partitionBackfillsOrError"]["results"]}
     assert statuses.get(backfill_id) in ("COMPLETED_SUCCESS", "COMPLETED"), statuses
     # ... and its runs, each holding the MapReduce pool for its whole run, never overlapped (limit 1).
     runs = graphql(dagster.url, RUNS_OF_BACKFILL, {"id": backfill_id})["runsOrError"]["results"]
     partitions = sorted(tag["value"] for run in runs for tag in run["tags"] if tag["key"] == "dagster/partition")
-    assert partitions == [f"2024-08-0{day}" for day in range(1, 6)]
+    assert partitions == BACKFILL_DAYS
     assert all(run["status"] == "SUCCESS" for run in runs)
     spans = sorted((run["startTime"], run["endTime"]) for run in runs)
     for (_, end), (start, _) in zip(spans, spans[1:]):
