@@ -1,4 +1,4 @@
-"""Dagster as deployed: webserver and daemon on PostgreSQL, two symbols, bad settings.
+"""Dagster as deployed: a code server, the webserver and the daemon on PostgreSQL, two symbols, bad settings.
 
 The five-day backfill under the MapReduce pool is in ``test_main_job.py``: it runs inside the supervision
 test's five healthy minutes, with the live stream.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import dagster as dg
+import psutil
 import pytest
 
 from btc_assets.defs.history.assets import minute_bars, raw_trades
@@ -43,6 +44,38 @@ def test_the_webserver_serves_the_code_location_from_postgres_with_healthy_daemo
     statuses = dagster.daemon_statuses()
     assert {"SENSOR", "SCHEDULER", "QUEUED_RUN_COORDINATOR", "BACKFILL"} <= set(statuses)
     assert all(statuses.values()), statuses
+
+
+WORKSPACE = """{ workspaceOrError { ... on Workspace { locationEntries {
+    name loadStatus displayMetadata { key value } locationOrLoadError { __typename } } } } }"""
+
+
+def test_the_webserver_and_the_daemon_load_the_code_location_from_the_stacks_code_server(stack):
+    """One code server serves the location, as compose's dagster-code container does: the webserver's entry is a
+    gRPC location at its port, and neither the webserver nor the daemon runs a code server of its own (the daemon
+    replaced its every minute)."""
+    dagster = stack.services["dagster"]
+    (entry,) = graphql(dagster.url, WORKSPACE)["workspaceOrError"]["locationEntries"]
+    shown = {item["key"]: item["value"] for item in entry["displayMetadata"]}
+    assert (entry["name"], entry["loadStatus"], entry["locationOrLoadError"]["__typename"]) == \
+        ("btc_assets", "LOADED", "RepositoryLocation"), entry
+    assert (shown.get("host"), shown.get("port")) == ("127.0.0.1", str(dagster.code_port)), shown
+    for process in (dagster.webserver, dagster.daemon):
+        spawned = descendants(process)
+        assert not [command for command in spawned if "api grpc" in command], (process.name, spawned)
+    served = descendants(dagster.code_server)
+    assert any("api grpc" in command for command in served), served  # the code server's own, loading the code
+
+
+def descendants(process) -> list[str]:
+    """The command lines of a stack process's descendants (one that exits meanwhile, e.g. a run's, is left out)."""
+    found = []
+    for child in process.process().children(recursive=True):
+        try:
+            found.append(" ".join(child.cmdline()))
+        except psutil.NoSuchProcess:
+            pass
+    return found
 
 
 def test_bad_postgres_settings_fail_with_one_error_naming_the_setting(stack):
