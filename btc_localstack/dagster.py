@@ -74,6 +74,7 @@ def instance_yaml(max_runs: int, mapreduce_limit: int) -> str:
 
 
 LOCATION = "btc_assets"  # the code location's name, as in workspace.yaml and compose's workspace.docker.yaml
+CODE_MODULE = "btc_assets.definitions"  # the module that defines it
 
 WORKSPACE_YAML = """\
 # Written by btc_localstack/dagster.py at every start of the local stack; edits are overwritten.
@@ -205,7 +206,7 @@ class DagsterService(Service):
             ensure_port_free(HOST, self.code_port, component=self.name, variable="BTC_STACK_DAGSTER_CODE_PORT")
             progress(self.name, f"starting the code server on {HOST}:{self.code_port}")
             self.code_server.start([self._tool("dagster"), "code-server", "start", "-h", HOST, "-p", str(self.code_port),
-                                    "-m", "btc_assets.definitions", "--location-name", LOCATION], env=env, cwd=REPO_ROOT)
+                                    "-m", CODE_MODULE, "--location-name", LOCATION], env=env, cwd=REPO_ROOT)
         # Started once the code location is loaded: a webserver or daemon that found it still loading would show it
         # as failed until a reload.
         self.code_server.wait_until(self._code_server_serving, component=self.name, what="dagster code-server",
@@ -233,7 +234,7 @@ class DagsterService(Service):
 
         response = deserialize_value(DagsterGrpcClient(port=self.code_port, host=HOST).list_repositories())
         if not isinstance(response, ListRepositoriesResponse):
-            raise ProcessError(f"{self.name}: the code location btc_assets.definitions did not load; log "
+            raise ProcessError(f"{self.name}: the code location {CODE_MODULE} did not load; log "
                                f"{self.code_server.log_file}:\n{getattr(response, 'message', response)}")
         return True
 

@@ -12,10 +12,12 @@ from datetime import date, timedelta
 
 from btc_assets.defs.ml.assets import MODEL_ASSETS
 
+from .dagster import CODE_MODULE
+
 DAGSTER = [sys.executable, "-m", "dagster"]
 MIN_TRAINING_DAYS = 3
 WARMUP_MINUTES = 30  # the emulator's market opens this far in the past: bars to predict from at once
-MODULE = ["-m", "btc_assets.definitions"]
+MODULE = ["-m", CODE_MODULE]
 
 
 def materialize(selection: str, partition: str | None = None) -> list[str]:

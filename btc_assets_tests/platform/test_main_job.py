@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from btc_localstack.base import REPO_ROOT
+from btc_localstack.cli import build_parser
 from btc_localstack.dagster import graphql
 from btc_localstack.demo import demo_days
 from btc_localstack.streams import stream_services
@@ -33,7 +34,8 @@ query($path: [String!]!, $partitions: [String!]) {
 RUN_STATUS = """query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"""
 SHOWN = {"raw_trades": "rows", "minute_bars": "trades_per_second", "gbt_model": "rmse_usd",
          "price_predictions": "points_written"}
-DEMO_LAST_DAY = "2025-04-03"  # the demo's three days by default: 2025-04-01..03
+DEMO_DAYS = 3
+DEMO_LAST_DAY = demo_days(build_parser().parse_args(["demo"]).start, DEMO_DAYS)[-1]  # from the demo's default start
 BACKFILL_DAYS = demo_days("2024-08-01", 5)
 
 
@@ -43,7 +45,8 @@ LIVE_LINE = re.compile(r"live: [\d,]+ trades and \d+ minute bars in InfluxDB")
 def run_demo(*options: str, on_live=None) -> subprocess.CompletedProcess:
     """The README's demo command; ``on_live()`` is called as soon as it reports the live path up."""
     # The demo submits to the stack's own instance (DAGSTER_HOME from stack.env: PostgreSQL), as a user's does.
-    command = [sys.executable, "-m", "btc_localstack.cli", "demo", "--days", "3", "--trades-per-day", "20000", *options]
+    command = [sys.executable, "-m", "btc_localstack.cli", "demo", "--days", str(DEMO_DAYS), "--trades-per-day", "20000",
+               *options]
     with tempfile.TemporaryDirectory() as scratch:
         out, err = Path(scratch, "stdout"), Path(scratch, "stderr")
         with out.open("w") as stdout, err.open("w") as stderr:
@@ -168,7 +171,7 @@ def demo_attempt(stack, attempt: int, on_live=None) -> None:
     assert "[demo] done" in output
     assert "bars from 20,000 trades" in output
     verdicts = [set(line.split(", ")) for line in re.findall(r"checks: (.*)", output)]
-    assert len(verdicts) == 3 and all(found == {f"{name} ok" for name in (
+    assert len(verdicts) == DEMO_DAYS and all(found == {f"{name} ok" for name in (
         "trades_conserved", "volume_conserved", "ohlc_consistent", "bars_inside_day", "trade_ids_contiguous",
         "bars_match_klines")} for found in verdicts), verdicts  # one line per day, every check of minute_bars
     assert LIVE_LINE.search(output), output[-3000:]
