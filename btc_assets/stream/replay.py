@@ -35,7 +35,6 @@ import contextlib
 import json
 import math
 import shutil
-import socket
 import urllib.request
 import tempfile
 import time
@@ -55,6 +54,7 @@ from btc_assets.clients.storage import Storage
 from btc_assets.contracts import schema
 from btc_assets.history.bar_files import INT_FIELDS, read_bars
 from btc_assets.ml import predictions
+from btc_assets.processes import free_port
 from btc_assets.stream import scorer, spark_job
 from btc_assets.stream.services import StreamServices
 
@@ -284,12 +284,6 @@ def compare_bars(live: pd.DataFrame, mapreduce: pd.DataFrame, offset_ms: int,
 # --- the replay -----------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -415,7 +409,7 @@ class Replay:
         self.offset_ms = first_minute - self.day_start_ms
         # The Binance emulator (btc_testkit) as a process of its own, as the local stack runs it: the product
         # package never imports the test kit.
-        self._emulator_port = _free_port()
+        self._emulator_port = free_port()
         self.services.start(EMULATOR, ["--symbols", self.symbol, "--port", str(self._emulator_port),
                                        *(arg for path in self._tape() for arg in ("--replay-csv", path)),
                                        "--replay-offset-ms", str(self.offset_ms), "--speed", f"{self.speed:g}"])

@@ -12,6 +12,7 @@ import dagster as dg
 import psutil
 
 from btc_assets.clients.storage import Storage
+from btc_assets_tests.processes import descendants
 from btc_assets_tests.stream.helpers import wait_for
 from btc_localstack.base import REPO_ROOT
 from btc_testkit import history_emulator
@@ -20,14 +21,8 @@ DAY = "2025-02-11"
 
 
 def _streaming_jvms(root: psutil.Process) -> list[psutil.Process]:
-    found = []
-    for child in root.children(recursive=True):
-        try:
-            if "org.apache.hadoop.streaming.HadoopStreaming" in child.cmdline() and DAY in " ".join(child.cmdline()):
-                found.append(child)
-        except psutil.NoSuchProcess:
-            continue
-    return found
+    return [child for child, command in descendants(root)
+            if "org.apache.hadoop.streaming.HadoopStreaming" in command and DAY in command]
 
 
 def test_cancelling_a_running_minute_bars_run_kills_the_job_and_writes_nothing(stack, tmp_path):

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Iterator
 from unittest import mock
 
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from btc_assets.processes import free_port
 
 
 @pytest.fixture(scope="session")
@@ -33,8 +28,8 @@ def kafka_bootstrap(request, tmp_path_factory) -> Iterator[str]:
     from btc_localstack.kafka import KafkaService
 
     state_dir = Path(os.environ.get("BTC_TEST_KAFKA_STATE_DIR") or tmp_path_factory.mktemp("stream-stack"))
-    ports = {"BTC_STACK_KAFKA_PORT": os.environ.get("BTC_TEST_KAFKA_PORT") or str(_free_port()),
-             "BTC_STACK_KAFKA_CONTROLLER_PORT": os.environ.get("BTC_TEST_KAFKA_CONTROLLER_PORT") or str(_free_port())}
+    ports = {"BTC_STACK_KAFKA_PORT": os.environ.get("BTC_TEST_KAFKA_PORT") or str(free_port()),
+             "BTC_STACK_KAFKA_CONTROLLER_PORT": os.environ.get("BTC_TEST_KAFKA_CONTROLLER_PORT") or str(free_port())}
     # KafkaService reads its ports once, here: the environment goes back as it was for the rest of the session.
     with mock.patch.dict(os.environ, ports):
         broker = KafkaService(StackPaths(cache_dir=StackPaths.from_env().cache_dir, state_dir=state_dir))
