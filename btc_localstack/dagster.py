@@ -75,6 +75,7 @@ def instance_yaml(max_runs: int, mapreduce_limit: int) -> str:
 
 LOCATION = "btc_assets"  # the code location's name, as in workspace.yaml and compose's workspace.docker.yaml
 CODE_MODULE = "btc_assets.definitions"  # the module that defines it
+CODE_SERVER_SHUTDOWN_GRACE_S = "5"  # unless DAGSTER_GRPC_SHUTDOWN_GRACE_PERIOD is set
 
 WORKSPACE_YAML = """\
 # Written by btc_localstack/dagster.py at every start of the local stack; edits are overwritten.
@@ -202,15 +203,7 @@ class DagsterService(Service):
         # First, alone: on a fresh database this creates Dagster's tables. The webserver and the daemon started
         # together on one both created them, and one failed (`type "alembic_version" already exists`).
         self._set_pool_limit(env)
-        if not self.code_server.is_running():
-            ensure_port_free(HOST, self.code_port, component=self.name, variable="BTC_STACK_DAGSTER_CODE_PORT")
-            progress(self.name, f"starting the code server on {HOST}:{self.code_port}")
-            self.code_server.start([self._tool("dagster"), "code-server", "start", "-h", HOST, "-p", str(self.code_port),
-                                    "-m", CODE_MODULE, "--location-name", LOCATION], env=env, cwd=REPO_ROOT)
-        # Started once the code location is loaded: a webserver or daemon that found it still loading would show it
-        # as failed until a reload.
-        self.code_server.wait_until(self._code_server_serving, component=self.name, what="dagster code-server",
-                                    timeout=180)
+        self.start_code_server(env)
         workspace = str(self.write_workspace())
         if not self.webserver.is_running():
             ensure_port_free(HOST, self.port, component=self.name, variable="BTC_STACK_DAGSTER_PORT")
@@ -224,6 +217,22 @@ class DagsterService(Service):
         self.daemon.wait_until(self._daemons_healthy, component=self.name, what="dagster-daemon heartbeats",
                                timeout=180)
         progress(self.name, f"UI on {self.url} in {time.monotonic() - began:.0f}s (DAGSTER_HOME {self.home})")
+
+    def start_code_server(self, env: dict[str, str]) -> None:
+        """The code server, started unless running, and returned from once it lists the code location."""
+        if not self.code_server.is_running():
+            ensure_port_free(HOST, self.code_port, component=self.name, variable="BTC_STACK_DAGSTER_CODE_PORT")
+            progress(self.name, f"starting the code server on {HOST}:{self.code_port}")
+            # Its stop waits this long for RPCs still running (Dagster's default: 60 s). The webserver and the daemon
+            # are stopped before it, so nobody waits for their answers; a call left open (seen at the end of the test
+            # suite) held the stop until its 30 s SIGKILL.
+            code_env = {"DAGSTER_GRPC_SHUTDOWN_GRACE_PERIOD": CODE_SERVER_SHUTDOWN_GRACE_S, **env}
+            self.code_server.start([self._tool("dagster"), "code-server", "start", "-h", HOST, "-p", str(self.code_port),
+                                    "-m", CODE_MODULE, "--location-name", LOCATION], env=code_env, cwd=REPO_ROOT)
+        # Waited for before the webserver and the daemon start: one that found the location still loading would show
+        # it as failed until a reload.
+        self.code_server.wait_until(self._code_server_serving, component=self.name, what="dagster code-server",
+                                    timeout=180)
 
     def _code_server_serving(self) -> bool:
         """The code server lists the code location (its port opens once the location is loaded); a location that

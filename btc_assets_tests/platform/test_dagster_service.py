@@ -7,18 +7,20 @@ test's five healthy minutes, with the live stream.
 from __future__ import annotations
 
 import os
+from unittest import mock
 
 import dagster as dg
-import psutil
 import pytest
 
 from btc_assets.defs.history.assets import minute_bars, raw_trades
 from btc_assets.defs.history.checks import minute_bar_checks
 from btc_assets.defs.resources import BinanceHistoryResource, MarketResource
+from btc_assets.processes import free_port
 from btc_assets_tests.conftest import TEST_HISTORY_SYMBOLS, TEST_HISTORY_TRADES_PER_DAY
 from btc_assets_tests.platform.test_definitions import EVERY_ASSET
-from btc_localstack.base import StackError
-from btc_localstack.dagster import graphql
+from btc_assets_tests.processes import descendants
+from btc_localstack.base import StackError, StackPaths
+from btc_localstack.dagster import CODE_SERVER_SHUTDOWN_GRACE_S, DagsterService, graphql
 
 pytestmark = pytest.mark.beside_the_live_stream  # run in the supervision test's healthy window: conftest.py
 
@@ -61,21 +63,41 @@ def test_the_webserver_and_the_daemon_load_the_code_location_from_the_stacks_cod
         ("btc_assets", "LOADED", "RepositoryLocation"), entry
     assert (shown.get("host"), shown.get("port")) == ("127.0.0.1", str(dagster.code_port)), shown
     for process in (dagster.webserver, dagster.daemon):
-        spawned = descendants(process)
+        spawned = [command for _, command in descendants(process.process())]
         assert not [command for command in spawned if "api grpc" in command], (process.name, spawned)
-    served = descendants(dagster.code_server)
+    served = [command for _, command in descendants(dagster.code_server.process())]
     assert any("api grpc" in command for command in served), served  # the code server's own, loading the code
 
 
-def descendants(process) -> list[str]:
-    """The command lines of a stack process's descendants (one that exits meanwhile, e.g. a run's, is left out)."""
-    found = []
-    for child in process.process().children(recursive=True):
-        try:
-            found.append(" ".join(child.cmdline()))
-        except psutil.NoSuchProcess:
-            pass
-    return found
+def test_a_stopping_code_server_ends_the_calls_left_open_instead_of_waiting_for_them(stack, tmp_path):
+    """A code server of its own (another port and directory; the stack's is untouched) stopped while a call to it
+    is still streaming: it ends the call after the stack's grace and exits by itself, its child with it. With
+    Dagster's 60 s grace the stop waited out its 30 s and SIGKILLed the server, whose cleanup had failed waiting for
+    the child (a TimeoutExpired in the log, and no "interrupted")."""
+    from dagster._grpc.client import DagsterGrpcClient
+
+    with mock.patch.dict(os.environ, {"BTC_STACK_DAGSTER_CODE_PORT": str(free_port())}):
+        own = DagsterService(StackPaths(cache_dir=stack.paths.cache_dir, state_dir=tmp_path), stack.env)
+    own.write_instance()
+    call = None
+    try:
+        own.start_code_server(own.environment())
+        (child,) = [process for process, command in descendants(own.code_server.process()) if "api grpc" in command]
+        # A call left open: a long ping stream read once (the server then waits on the stream's flow control).
+        call = DagsterGrpcClient(port=own.code_port, host="127.0.0.1").streaming_ping(10_000_000, "x" * 100_000)
+        next(call)
+        began = own.code_server.log_file.stat().st_size
+        own.code_server.stop()
+        with own.code_server.log_file.open() as log:
+            log.seek(began)
+            stopping = log.read()
+        assert f"terminate or {CODE_SERVER_SHUTDOWN_GRACE_S} seconds pass" in stopping, stopping
+        assert "Code proxy server was interrupted" in stopping and "Traceback" not in stopping, stopping
+        assert not child.is_running(), "the code server's child outlived it"
+    finally:
+        if call is not None:
+            call.close()
+        own.code_server.stop(kill=True)
 
 
 def test_bad_postgres_settings_fail_with_one_error_naming_the_setting(stack):
