@@ -5,12 +5,12 @@ from __future__ import annotations
 import psutil
 
 
-def descendants(root: psutil.Process) -> list[tuple[psutil.Process, str]]:
-    """Every descendant of ``root`` with its command line (one that exits meanwhile, e.g. a run's, is left out)."""
+def descendants(root: psutil.Process) -> list[tuple[psutil.Process, list[str]]]:
+    """Every descendant of ``root`` with its arguments (one that exits meanwhile, e.g. a run's, is left out)."""
     found = []
     for child in root.children(recursive=True):
         try:
-            found.append((child, " ".join(child.cmdline())))
+            found.append((child, child.cmdline()))
         except psutil.NoSuchProcess:
             continue
     return found

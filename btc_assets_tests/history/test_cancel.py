@@ -21,8 +21,8 @@ DAY = "2025-02-11"
 
 
 def _streaming_jvms(root: psutil.Process) -> list[psutil.Process]:
-    return [child for child, command in descendants(root)
-            if "org.apache.hadoop.streaming.HadoopStreaming" in command and DAY in command]
+    return [child for child, argv in descendants(root)
+            if "org.apache.hadoop.streaming.HadoopStreaming" in argv and DAY in " ".join(argv)]
 
 
 def test_cancelling_a_running_minute_bars_run_kills_the_job_and_writes_nothing(stack, tmp_path):

@@ -63,9 +63,9 @@ def test_the_webserver_and_the_daemon_load_the_code_location_from_the_stacks_cod
         ("btc_assets", "LOADED", "RepositoryLocation"), entry
     assert (shown.get("host"), shown.get("port")) == ("127.0.0.1", str(dagster.code_port)), shown
     for process in (dagster.webserver, dagster.daemon):
-        spawned = [command for _, command in descendants(process.process())]
+        spawned = [" ".join(argv) for _, argv in descendants(process.process())]
         assert not [command for command in spawned if "api grpc" in command], (process.name, spawned)
-    served = [command for _, command in descendants(dagster.code_server.process())]
+    served = [" ".join(argv) for _, argv in descendants(dagster.code_server.process())]
     assert any("api grpc" in command for command in served), served  # the code server's own, loading the code
 
 
@@ -82,7 +82,7 @@ def test_a_stopping_code_server_ends_the_calls_left_open_instead_of_waiting_for_
     call = None
     try:
         own.start_code_server(own.environment())
-        (child,) = [process for process, command in descendants(own.code_server.process()) if "api grpc" in command]
+        (child,) = [process for process, argv in descendants(own.code_server.process()) if "api grpc" in " ".join(argv)]
         # A call left open: a long ping stream read once (the server then waits on the stream's flow control).
         call = DagsterGrpcClient(port=own.code_port, host="127.0.0.1").streaming_ping(10_000_000, "x" * 100_000)
         next(call)
