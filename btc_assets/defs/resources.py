@@ -26,6 +26,7 @@ from btc_assets.clients.hadoop_streaming import (LINE_BLOCKS_CLASS, StreamingJob
 from btc_assets.clients.storage import Storage
 from btc_assets.clients.influx import Influx
 from btc_assets.clients.spark import SparkSettings, build_session
+from btc_assets.defs.pipes import WholeLinesMessageReader
 
 
 class StorageResource(dg.ConfigurableResource):
@@ -107,7 +108,8 @@ class MapReduceResource(dg.ConfigurableResource):
 
     A job runs as a child process through Dagster Pipes (``PipesSubprocessClient`` around
     ``btc_assets.clients.hadoop_streaming``): its progress lines and counters reach the run, and a
-    cancelled run kills the JVM.
+    cancelled run kills the JVM. The messages are read whole (``WholeLinesMessageReader``): Dagster's own
+    file reader can catch a message half written and lose the rest of the run's messages.
     """
 
     framework: str = config.default("BTC_MAPREDUCE_FRAMEWORK")
@@ -168,7 +170,7 @@ class MapReduceResource(dg.ConfigurableResource):
         command = self.command(job)
         if context is None:
             return run_job(command, env=self.env())
-        invocation = dg.PipesSubprocessClient(forward_stdio=False).run(
+        invocation = dg.PipesSubprocessClient(forward_stdio=False, message_reader=WholeLinesMessageReader()).run(
             context=context, command=[sys.executable, "-m", "btc_assets.clients.hadoop_streaming"],
             extras={"command": command}, env=self.env())
         messages = [message for message in invocation.get_custom_messages() if isinstance(message, dict)]
