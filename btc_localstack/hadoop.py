@@ -193,6 +193,11 @@ class HadoopService(Service):
         return str(self.lib_dir / "*")
 
     @property
+    def staging_root(self) -> Path:
+        """Where the local job runner stages each job's files (``mapreduce.jobtracker.staging.root.dir``)."""
+        return self.state / "tmp" / "mapred" / "staging"
+
+    @property
     def conf_dir(self) -> Path:
         return self.state / "conf"
 
@@ -340,7 +345,9 @@ class HadoopService(Service):
             hdfs["dfs.client.block.write.replace-datanode-on-failure.best-effort"] = "true"
         mapred: dict[str, object] = {
             "mapreduce.cluster.local.dir": str(self.state / "tmp" / "mapred" / "local"),
-            "mapreduce.jobtracker.staging.root.dir": "/tmp/hadoop-staging",
+            # The local job runner's staging (one directory per job, left behind by Hadoop): the stack's own, so
+            # two stacks never share it and nothing accumulates in the machine's /tmp.
+            "mapreduce.jobtracker.staging.root.dir": str(self.staging_root),
             "mapreduce.task.io.sort.mb": 64,
         }
         files = {"core-site.xml": core, "hdfs-site.xml": hdfs, "mapred-site.xml": mapred}

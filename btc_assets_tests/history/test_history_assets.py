@@ -35,10 +35,14 @@ def bar_lines(storage, day: str) -> list[str]:
     return [line for part in parts for line in storage.fs.read(part).decode().splitlines()]
 
 
-def test_a_day_through_hdfs_and_mapreduce_matches_duckdb(history_resources, archive, tmp_path):
+def test_a_day_through_hdfs_and_mapreduce_matches_duckdb(stack, history_resources, archive, tmp_path):
     day = "2025-04-01"
+    staging = stack.services["hadoop"].staging_root
+    staged_before = set(staging.glob("*/.staging"))
     result = dg.materialize(ASSETS, partition_key=day, resources=history_resources)
     assert result.success
+    # The job staged its files in the stack's own directory, not in the machine's /tmp.
+    assert len(set(staging.glob("*/.staging")) - staged_before) == 1
     checks = {evaluation.check_name: evaluation.passed for evaluation in result.get_asset_check_evaluations()}
     assert checks == {name: True for name in CHECKS}
 
