@@ -21,7 +21,6 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
-import os
 import shutil
 import time
 import urllib.parse
