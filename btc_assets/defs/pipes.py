@@ -7,8 +7,9 @@ completed, and its step failed because the counters after the torn line never ar
 ``dagster._utils.tail_file`` has this race.
 
 ``WholeLinesMessageReader`` keeps the bytes after the last newline until the rest arrives, so a message is
-parsed only once it is whole. A line that is whole but not JSON (a child's bug) is reported on the run as
-a Pipes framework event, counted, and skipped; the messages after it still arrive.
+parsed only once it is whole. A whole line that is not a message (not JSON, or JSON without a Pipes method: a
+child's bug) is reported on the run as a Pipes framework event, counted, and skipped; the messages after it still
+arrive.
 """
 
 from __future__ import annotations
@@ -76,13 +77,11 @@ class WholeLinesMessageReader(dg.PipesMessageReader):
         try:
             for line in whole_lines(path, done.is_set):
                 try:
-                    message = json.loads(line)
-                except ValueError:
+                    handler.handle_message(json.loads(line))
+                except Exception:  # noqa: BLE001 - not JSON, or JSON that is not a message: this line only
                     self.skipped += 1
                     handler.report_pipes_framework_exception(
                         f"{type(self).__name__}: line skipped, not a Pipes message: {line[:200]!r}", sys.exc_info())
-                    continue
-                handler.handle_message(message)
         except Exception:  # noqa: BLE001 - reported on the run, as Dagster's own readers do
             handler.report_pipes_framework_exception(f"{type(self).__name__} reader thread", sys.exc_info())
 

@@ -41,6 +41,8 @@ CHILD = textwrap.dedent("""
                 messages.write(text)
                 if garbage and number == 50:
                     messages.write("this is not a Pipes message\\n")
+                if garbage and number == 120:
+                    messages.write(json.dumps({"json": "but no Pipes method"}) + "\\n")
         pipes.report_custom_message({"done": True})
 """)
 
@@ -71,11 +73,12 @@ def test_a_message_caught_half_written_arrives_whole_and_none_after_it_is_lost(t
     assert reader.skipped == 0
 
 
-def test_a_line_that_is_not_a_message_is_counted_reported_and_skipped(tmp_path):
+def test_lines_that_are_not_messages_are_counted_reported_and_skipped(tmp_path):
     result, reader, received, logged = _run(tmp_path, garbage=True)
     assert result.success
     assert [message["number"] for message in received[:-1]] == list(range(MESSAGES))
     assert received[-1] == {"done": True}
-    assert reader.skipped == 1
+    assert reader.skipped == 2
     reported = [message for message in logged if "line skipped" in message]
-    assert len(reported) == 1 and "this is not a Pipes message" in reported[0], reported
+    assert len(reported) == 2, reported
+    assert "this is not a Pipes message" in reported[0] and "but no Pipes method" in reported[1], reported
